@@ -1,0 +1,3 @@
+"""Commands: explain (filled in by its issue)."""
+
+from .app import app  # noqa: F401

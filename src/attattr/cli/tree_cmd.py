@@ -1,0 +1,3 @@
+"""Commands: tree (filled in by its issue)."""
+
+from .app import app  # noqa: F401

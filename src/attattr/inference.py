@@ -1,0 +1,109 @@
+"""Encoding texts and running plain (optionally head-gated) predictions in batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import BatchEncoding
+
+from .errors import InputError
+from .hooks import AttentionHook
+
+
+def model_max_length(model, tokenizer) -> int:
+    """The longest input the model accepts (position embeddings), capped by the tokenizer's limit."""
+    limits = [
+        getattr(model.config, "max_position_embeddings", None),
+        getattr(tokenizer, "model_max_length", None),
+    ]
+    limits = [x for x in limits if isinstance(x, int) and 0 < x < 100_000]
+    if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limits = [x - 2 if x == model.config.max_position_embeddings else x for x in limits]
+    return min(limits) if limits else 512
+
+
+def check_text(text: str, what: str = "text") -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"{what} is empty")
+
+
+def encode_batch(
+    tokenizer,
+    texts: Sequence[str],
+    pairs: Sequence[str | None] | None = None,
+    *,
+    max_length: int,
+    truncate: bool = True,
+    device: torch.device | str = "cpu",
+) -> tuple[BatchEncoding, list[bool]]:
+    """Tokenise a batch (padded to its longest member). Returns the encoding and, per example,
+    whether it had to be truncated. With truncate=False an over-long input raises InputError."""
+    for t in texts:
+        check_text(t)
+    pair_list = list(pairs) if pairs is not None else [None] * len(texts)
+    has_pairs = any(p is not None for p in pair_list)
+    if has_pairs:
+        for p in pair_list:
+            check_text(p or "", "pair text")
+    full = tokenizer(list(texts), pair_list if has_pairs else None, truncation=False)
+    lengths = [len(ids) for ids in full["input_ids"]]
+    too_long = [n > max_length for n in lengths]
+    if any(too_long) and not truncate:
+        worst = max(lengths)
+        raise InputError(
+            f"input has {worst} tokens, more than the model's maximum {max_length} (truncation is off)"
+        )
+    enc = tokenizer(
+        list(texts),
+        pair_list if has_pairs else None,
+        truncation="longest_first" if has_pairs else True,
+        max_length=max_length,
+        padding=True,
+        return_tensors="pt",
+    )
+    return enc.to(device), too_long
+
+
+def model_inputs(enc: BatchEncoding, model) -> dict[str, torch.Tensor]:
+    """The encoding's tensors the model's forward accepts (DistilBERT takes no token_type_ids)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return {k: v for k, v in enc.items() if k in params}
+
+
+@torch.no_grad()
+def predict(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    pairs: Sequence[str | None] | None = None,
+    *,
+    batch_size: int = 32,
+    head_gates: torch.Tensor | None = None,
+    max_length: int | None = None,
+    dtype: torch.dtype | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Class probabilities `[examples, classes]` (float32). `head_gates`: None, `[layers, heads]`
+    (the same for all examples) or `[examples, layers, heads]` multipliers of attention probabilities."""
+    model.eval()
+    device = next(model.parameters()).device
+    max_length = max_length or model_max_length(model, tokenizer)
+    pairs = list(pairs) if pairs is not None else [None] * len(texts)
+    out = []
+    with AttentionHook(model) as hook:
+        for start in range(0, len(texts), batch_size):
+            stop = min(start + batch_size, len(texts))
+            enc, _ = encode_batch(
+                tokenizer, texts[start:stop], pairs[start:stop], max_length=max_length, device=device
+            )
+            if head_gates is not None:
+                hook.head_gates = head_gates[start:stop] if head_gates.dim() == 3 else head_gates
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = model(**model_inputs(enc, model)).logits
+            out.append(torch.softmax(logits.float(), dim=-1))
+            if on_batch is not None:
+                on_batch(stop - start)
+    return torch.cat(out) if out else torch.zeros(0, model.config.num_labels)
