@@ -1,0 +1,1 @@
+"""Figures (matplotlib, no display needed). One module per analysis; shared style in `style`."""
