@@ -1,3 +1,595 @@
-"""Commands: heads (filled in by its issue)."""
+"""Commands: `attattr heads importance | effectiveness | prune | correlate` (SPEC §2)."""
 
-from .app import app  # noqa: F401
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ..errors import InputError
+from .app import app
+from .common import console, print_json, progress_bar
+
+heads_app = typer.Typer(
+    help=(
+        "Head importance, head pruning and cross-model correlation of head importance.\n\n"
+        "Example:  attattr heads importance --model minilm-rt --data rotten-tomatoes --split dev "
+        "--examples 200 --method attattr --out heads/\n\n"
+        "Example:  attattr heads prune --model minilm-rt --out prune/\n\n"
+        "Example:  attattr heads correlate --models minilm-rt minilm-imdb minilm-bbc --out corr/"
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(heads_app, name="heads")
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Recipe name, local directory or hub id.")]
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data", "-d", help="Built-in dataset or a CSV/TSV/JSONL file (default: the recipe's own)."
+    ),
+]
+SplitOpt = Annotated[str, typer.Option("--split", help="Split to use: train, dev or test.")]
+ExamplesOpt = Annotated[int, typer.Option("--examples", "-n", help="Use the first N examples of the split.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory (JSON, figures, run files).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a summary.")]
+StepsOpt = Annotated[str, typer.Option("--steps", help="Integration steps for attributions (or 'auto').")]
+RuleOpt = Annotated[str, typer.Option("--rule", help="Integration rule for attributions.")]
+FastOpt = Annotated[
+    bool, typer.Option("--fast", help="Attributions with Gauss-Legendre, steps=auto, bf16 where fast.")
+]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Examples per attribution / gradient pass.")]
+EvalBatchOpt = Annotated[int, typer.Option("--eval-batch-size", help="Examples per prediction pass.")]
+PairOpt = Annotated[str | None, typer.Option("--pair-column", help="Second-text column (sentence pairs).")]
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def _attr_options(steps: str, rule: str, fast: bool) -> dict[str, Any]:
+    if fast:
+        return {"steps": "auto", "rule": "gauss-legendre", "dtype": "auto"}
+    if steps != "auto":
+        try:
+            steps = int(steps)
+        except ValueError:
+            raise InputError(f"--steps must be an integer or 'auto', got {steps!r}") from None
+    return {"steps": steps, "rule": rule, "dtype": None}
+
+
+def _load_model(name: str, quiet: bool):
+    from .. import models
+
+    return models.load(name, quiet=quiet)
+
+
+def _default_data(loaded, data: str | None) -> str:
+    if data:
+        return data
+    recipe = getattr(loaded, "recipe", None)
+    for attr in ("dataset", "data"):
+        value = getattr(recipe, attr, None) if recipe is not None else None
+        if isinstance(recipe, dict):
+            value = recipe.get(attr)
+        if isinstance(value, str) and value:
+            return value
+    raise InputError(f"model {loaded.model_id!r} has no recipe dataset; give --data")
+
+
+def _load_data(data: str, split: str, limit: int | None, pair_column: str | None):
+    from .. import data as data_mod
+
+    kwargs: dict[str, Any] = {"limit": limit}
+    if pair_column:
+        kwargs["pair_column"] = pair_column
+    dataset = data_mod.load_dataset(data, split, **kwargs)
+    if len(dataset) == 0:
+        raise InputError(f"{data} ({split}) has no examples")
+    return dataset
+
+
+def _check_count(name: str, value: int) -> None:
+    if value < 1:
+        raise InputError(f"{name} must be >= 1, got {value}")
+
+
+def _write_json(path: Path, obj: Any) -> Path:
+    from .common import _default
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_default))
+    tmp.replace(path)
+    return path
+
+
+def _compute_importance(
+    loaded,
+    dataset,
+    method: str,
+    out: Path,
+    *,
+    data: str,
+    split: str,
+    batch_size: int,
+    eval_batch_size: int,
+    attr: dict[str, Any],
+    seed: int = 0,
+    quiet: bool,
+    label: str | None = None,
+):
+    """One importance method over `dataset`, resumable from out/runs/importance-<method>.jsonl."""
+    from ..heads import head_importance
+    from ..runstore import RunStore
+
+    settings = {
+        "kind": "importance",
+        "method": method,
+        "model_id": loaded.model_id,
+        "data": data,
+        "split": split,
+        "examples": [x.id for x in dataset] if method != "random" else [],
+        "batch_size": batch_size,
+    }
+    if method == "attattr":
+        settings.update({"steps": attr["steps"], "rule": attr["rule"], "dtype": attr["dtype"] or "float32"})
+    store = None
+    if method != "random":
+        store = RunStore(out / "runs" / f"importance-{method}.jsonl", settings)
+    total = 0 if method == "random" else len(dataset)
+    started = time.perf_counter()
+    with progress_bar(label or f"importance ({method})", total, quiet=quiet or method == "random") as advance:
+        importance = head_importance(
+            loaded.model,
+            loaded.tokenizer,
+            dataset if method != "random" else None,
+            method,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            seed=seed,
+            store=store,
+            on_example=advance,
+            settings={k: v for k, v in settings.items() if k != "examples"},
+            **attr,
+        )
+    importance.settings["seconds"] = round(time.perf_counter() - started, 2)
+    return importance
+
+
+def _top_heads(importance, k: int = 5) -> list[str]:
+    order = importance.ascending().flip(0)[:k].tolist()
+    h = importance.num_heads
+    return [f"{i // h}-{i % h} ({importance.scores.flatten()[i]:.3g})" for i in order]
+
+
+# ---------------------------------------------------------------------------------------------
+# importance
+# ---------------------------------------------------------------------------------------------
+@heads_app.command("importance")
+def importance_cmd(
+    model: ModelOpt = "minilm-rt",
+    data: DataOpt = None,
+    split: SplitOpt = "dev",
+    examples: ExamplesOpt = 200,
+    method: Annotated[
+        str, typer.Option("--method", help="attattr, attention, taylor, accuracy-diff or random.")
+    ] = "attattr",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random method.")] = 0,
+    out: OutOpt = Path("heads"),
+    steps: StepsOpt = "20",
+    rule: RuleOpt = "riemann-right",
+    fast: FastOpt = False,
+    batch_size: BatchOpt = 8,
+    eval_batch_size: EvalBatchOpt = 64,
+    pair_column: PairOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Importance of every head over the first N examples of a split: JSON and a heatmap.
+
+    Example:  attattr heads importance --model minilm-rt --data rotten-tomatoes --split dev
+    --examples 200 --method attattr --out heads/
+
+    Writes <out>/importance-<method>.json and .png/.svg; an interrupted run resumes from
+    <out>/runs/importance-<method>.jsonl (same settings only).
+    """
+    from ..heads import METHODS
+    from ..plots.heads import plot_importance
+
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    _check_count("--examples", examples)
+    attr = _attr_options(steps, rule, fast)
+    loaded = _load_model(model, json_out)
+    data = _default_data(loaded, data)
+    dataset = _load_data(data, split, examples, pair_column) if method != "random" else []
+    importance = _compute_importance(
+        loaded,
+        dataset,
+        method,
+        out,
+        data=data,
+        split=split,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        attr=attr,
+        seed=seed,
+        quiet=json_out,
+    )
+    path = importance.save(out / f"importance-{method}.json")
+    figures = plot_importance(importance, out / f"importance-{method}")
+    files = [str(path)] + [str(f) for f in figures]
+    if json_out:
+        print_json({**importance.to_dict(), "files": files})
+        return
+    console.print(
+        f"{method} importance of {importance.num_layers}x{importance.num_heads} heads "
+        f"from {len(importance.example_ids)} examples in {importance.settings['seconds']:.1f}s"
+    )
+    console.print("most important (layer-head): " + ", ".join(_top_heads(importance)))
+    console.print(f"wrote {', '.join(files)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# effectiveness (Fig. 2)
+# ---------------------------------------------------------------------------------------------
+@heads_app.command("effectiveness")
+def effectiveness_cmd(
+    model: ModelOpt = "minilm-rt",
+    data: DataOpt = None,
+    split: SplitOpt = "dev",
+    examples: ExamplesOpt = 200,
+    step: Annotated[
+        int, typer.Option("--step", help="Evaluate every STEP pruned heads (plus the ends).")
+    ] = 4,
+    out: OutOpt = Path("effectiveness"),
+    steps: StepsOpt = "20",
+    rule: RuleOpt = "riemann-right",
+    fast: FastOpt = False,
+    batch_size: BatchOpt = 8,
+    eval_batch_size: EvalBatchOpt = 64,
+    pair_column: PairOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Prune each example's own least/most important heads: attribution vs attention (Fig. 2).
+
+    Accuracy and mean gold-label probability against the number of heads pruned per example;
+    resumable from <out>/runs/effectiveness.jsonl.
+
+    Example:  attattr heads effectiveness --model minilm-rt --data rotten-tomatoes --split dev
+    --examples 200 --step 4 --out effectiveness/
+    """
+    from ..heads import effectiveness
+    from ..plots.heads import plot_effectiveness
+    from ..runstore import RunStore
+
+    _check_count("--examples", examples)
+    _check_count("--step", step)
+    attr = _attr_options(steps, rule, fast)
+    loaded = _load_model(model, json_out)
+    data = _default_data(loaded, data)
+    dataset = _load_data(data, split, examples, pair_column)
+    settings = {
+        "kind": "effectiveness",
+        "model_id": loaded.model_id,
+        "data": data,
+        "split": split,
+        "examples": [x.id for x in dataset],
+        "step": step,
+        "batch_size": batch_size,
+        "steps": attr["steps"],
+        "rule": attr["rule"],
+        "dtype": attr["dtype"] or "float32",
+    }
+    store = RunStore(out / "runs" / "effectiveness.jsonl", settings)
+    started = time.perf_counter()
+    with progress_bar("effectiveness", len(dataset), quiet=json_out) as advance:
+        result = effectiveness(
+            loaded.model,
+            loaded.tokenizer,
+            dataset,
+            step=step,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            store=store,
+            on_example=advance,
+            settings={"model_id": loaded.model_id, "data": data, "split": split},
+            **attr,
+        )
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    path = _write_json(out / "effectiveness.json", result)
+    figures = plot_effectiveness(result, out / "effectiveness")
+    files = [str(path)] + [str(f) for f in figures]
+    if json_out:
+        print_json({**result, "files": files})
+        return
+    counts = result["counts"]
+    table = Table(title=f"accuracy with k heads pruned per example ({result['examples']} examples)")
+    table.add_column("ordering")
+    shown = sorted({0, counts[len(counts) // 4], counts[len(counts) // 2], counts[3 * len(counts) // 4]})
+    for k in shown:
+        table.add_column(f"k={k}", justify="right")
+    table.add_column("mean over k", justify="right")
+    for curve, values in result["curves"].items():
+        cells = [f"{values['accuracy'][counts.index(k)]:.3f}" for k in shown]
+        table.add_row(curve, *cells, f"{result['summary']['mean_accuracy'][curve]:.3f}")
+    console.print(table)
+    s = result["summary"]
+    console.print(
+        f"gap smallest-first minus largest-first: attribution {s['gap_attattr']:.3f}, "
+        f"attention {s['gap_attention']:.3f}  ({result['seconds']:.1f}s)"
+    )
+    console.print(f"wrote {', '.join(files)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# prune (Fig. 3)
+# ---------------------------------------------------------------------------------------------
+@heads_app.command("prune")
+def prune_cmd(
+    model: ModelOpt = "minilm-rt",
+    data: DataOpt = None,
+    split: Annotated[str, typer.Option("--split", help="Evaluation split (evaluated in full).")] = "dev",
+    importance_split: Annotated[
+        str | None,
+        typer.Option(
+            "--importance-split", help="Split whose first N examples give the importance (default: --split)."
+        ),
+    ] = None,
+    examples: Annotated[
+        int, typer.Option("--examples", "-n", help="Importance from the first N examples.")
+    ] = 200,
+    eval_limit: Annotated[
+        int | None, typer.Option("--eval-limit", help="Evaluate on the first N examples only.")
+    ] = None,
+    methods: Annotated[
+        str, typer.Option("--methods", help="Comma-separated methods.")
+    ] = "attattr,taylor,accuracy-diff,attention,random",
+    seeds: Annotated[int, typer.Option("--seeds", help="Seeds of the random order (0..N-1).")] = 5,
+    out: OutOpt = Path("prune"),
+    steps: StepsOpt = "20",
+    rule: RuleOpt = "riemann-right",
+    fast: FastOpt = False,
+    batch_size: BatchOpt = 8,
+    eval_batch_size: EvalBatchOpt = 64,
+    pair_column: PairOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Prune 0, 10, ..., 100 % of heads, least important first, per importance method (Fig. 3).
+
+    Importance from the first N examples of --importance-split; each pruned model is evaluated on
+    the whole evaluation split. Resumable from <out>/runs/.
+
+    Example:  attattr heads prune --model minilm-rt --data rotten-tomatoes --split dev
+    --examples 200 --out prune/
+    """
+    from ..heads import METHODS, pruning_curves
+    from ..plots.heads import plot_importance, plot_pruning
+    from ..runstore import RunStore
+
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    bad = [m for m in chosen if m not in METHODS]
+    if bad or not chosen:
+        raise InputError(f"unknown method {bad[0] if bad else '(none)'!r}; choose from: {', '.join(METHODS)}")
+    _check_count("--examples", examples)
+    _check_count("--seeds", seeds)
+    attr = _attr_options(steps, rule, fast)
+    importance_split = importance_split or split
+    loaded = _load_model(model, json_out)
+    data = _default_data(loaded, data)
+    imp_data = _load_data(data, importance_split, examples, pair_column)
+    eval_data = _load_data(data, split, eval_limit, pair_column)
+
+    started = time.perf_counter()
+    importances = {}
+    files: list[str] = []
+    for method in chosen:
+        for seed in range(seeds) if method == "random" else [0]:
+            imp = _compute_importance(
+                loaded,
+                imp_data,
+                method,
+                out,
+                data=data,
+                split=importance_split,
+                batch_size=batch_size,
+                eval_batch_size=eval_batch_size,
+                attr=attr,
+                seed=seed,
+                quiet=json_out,
+            )
+            if method == "random":
+                importances[f"random-{seed}"] = imp
+                continue
+            importances[method] = imp
+            files.append(str(imp.save(out / f"importance-{method}.json")))
+            files += [str(f) for f in plot_importance(imp, out / f"importance-{method}")]
+    importance_seconds = time.perf_counter() - started
+
+    total_heads = next(iter(importances.values())).scores.numel()
+    settings = {
+        "kind": "pruning",
+        "model_id": loaded.model_id,
+        "data": data,
+        "split": split,
+        "eval_examples": [x.id for x in eval_data],
+        "total_heads": total_heads,
+    }
+    store = RunStore(out / "runs" / "prune-eval.jsonl", settings)
+    fractions = tuple(i / 10 for i in range(11))
+    with progress_bar(
+        "evaluating pruned models", len(importances) * len(fractions), quiet=json_out
+    ) as advance:
+        result = pruning_curves(
+            loaded.model,
+            loaded.tokenizer,
+            eval_data,
+            importances,
+            fractions=fractions,
+            eval_batch_size=eval_batch_size,
+            store=store,
+            on_evaluation=advance,
+        )
+    result["settings"] = {
+        "model_id": loaded.model_id,
+        "data": data,
+        "split": split,
+        "importance_split": importance_split,
+        "importance_examples": len(imp_data),
+        "seeds": seeds,
+        "batch_size": batch_size,
+        **{k: (v if v is not None else "float32") for k, v in attr.items()},
+    }
+    result["seconds"] = {
+        "importance": {k: v.settings.get("seconds") for k, v in importances.items()},
+        "importance_total": round(importance_seconds, 2),
+        "evaluation": round(time.perf_counter() - started - importance_seconds, 2),
+    }
+    path = _write_json(out / "prune.json", result)
+    figures = plot_pruning(result, out / "prune")
+    files = [str(path)] + [str(f) for f in figures] + files
+    if json_out:
+        print_json({**result, "files": files})
+        return
+    table = Table(title=f"accuracy on {result['eval_examples']} examples with p % of heads pruned")
+    table.add_column("method")
+    for f in fractions:
+        table.add_column(f"{round(100 * f)}%", justify="right")
+    for name, values in result["methods"].items():
+        table.add_row(name, *[f"{a:.3f}" for a in values["accuracy"]])
+    console.print(table)
+    console.print(f"wrote {', '.join(files[:3])} and {len(files) - 3} more files in {out}")
+
+
+# ---------------------------------------------------------------------------------------------
+# correlate (Fig. 4)
+# ---------------------------------------------------------------------------------------------
+@heads_app.command("correlate")
+def correlate_cmd(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="More models (so that `--models a b c` works).", show_default=False),
+    ] = None,
+    models_opt: Annotated[
+        list[str] | None,
+        typer.Option("--models", help="Models to compare (space- or comma-separated, or repeated)."),
+    ] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Dataset per model, comma-separated or repeated (default: each recipe's own).",
+        ),
+    ] = None,
+    importance_files: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--importance", help="Use saved importance JSON files instead of computing (repeatable)."
+        ),
+    ] = None,
+    split: SplitOpt = "dev",
+    examples: ExamplesOpt = 200,
+    method: Annotated[str, typer.Option("--method", help="Importance method.")] = "attattr",
+    out: OutOpt = Path("correlate"),
+    steps: StepsOpt = "20",
+    rule: RuleOpt = "riemann-right",
+    fast: FastOpt = False,
+    batch_size: BatchOpt = 8,
+    eval_batch_size: EvalBatchOpt = 64,
+    json_out: JsonOpt = False,
+) -> None:
+    """Correlate head importance between models fine-tuned on different data (Fig. 4).
+
+    Pearson and Spearman per pair, a scatter per pair and a matrix; resumable.
+
+    Example:  attattr heads correlate --models minilm-rt minilm-imdb minilm-bbc --examples 200 --out corr/
+
+    Each model's importance comes from the first N examples of the split of its own dataset
+    (or --data, one per model) and is kept in <out>/<model>/.
+    """
+    from ..heads import METHODS, Importance, correlate
+    from ..plots.heads import plot_correlation_matrix, plot_correlation_pairs, plot_importance
+
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    model_names = [m.strip() for item in (models_opt or []) for m in item.split(",") if m.strip()]
+    model_names += [m for m in (names or []) if m.strip()]
+    data_names = [d.strip() for item in (data or []) for d in item.split(",") if d.strip()]
+    importances: dict[str, Importance] = {}
+    files: list[str] = []
+    for path in importance_files or []:
+        imp = Importance.load(path)
+        label = str(imp.settings.get("model_id") or Path(path).stem)
+        importances[_unique(label, importances)] = imp
+    if data_names and len(data_names) != len(model_names):
+        raise InputError(
+            f"--data names {len(data_names)} datasets for {len(model_names)} models; give one per model"
+        )
+    if len(model_names) + len(importances) < 2:
+        raise InputError("give at least two models (--models a b) or importance files (--importance f.json)")
+    _check_count("--examples", examples)
+    attr = _attr_options(steps, rule, fast)
+    for i, name in enumerate(model_names):
+        loaded = _load_model(name, json_out)
+        dname = data_names[i] if data_names else _default_data(loaded, None)
+        dataset = _load_data(dname, split, examples, None) if method != "random" else []
+        folder = out / _safe(name)
+        imp = _compute_importance(
+            loaded,
+            dataset,
+            method,
+            folder,
+            data=dname,
+            split=split,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            attr=attr,
+            quiet=json_out,
+            label=f"{name} ({method})",
+        )
+        imp.settings["model"] = name
+        files.append(str(imp.save(folder / f"importance-{method}.json")))
+        files += [
+            str(f) for f in plot_importance(imp, folder / f"importance-{method}", title=f"{name}: {method}")
+        ]
+        importances[_unique(name, importances)] = imp
+        del loaded
+    result = correlate(importances)
+    result["method"] = method
+    result["settings"] = {
+        name: {k: v for k, v in imp.settings.items() if k not in ("examples",)}
+        for name, imp in importances.items()
+    }
+    path = _write_json(out / "correlation.json", result)
+    figures = plot_correlation_pairs(result, out / "correlation-pairs")
+    figures += plot_correlation_matrix(result, out / "correlation-matrix")
+    files = [str(path)] + [str(f) for f in figures] + files
+    if json_out:
+        print_json({**result, "files": files})
+        return
+    table = Table(title=f"correlation of {method} head importance")
+    for col in ("model a", "model b", "Pearson r", "Spearman ρ"):
+        table.add_column(col)
+    for pair in result["pairs"]:
+        table.add_row(pair["a"], pair["b"], _f(pair["pearson"]), _f(pair["spearman"]))
+    console.print(table)
+    console.print(f"wrote {', '.join(files[:3])} and {len(files) - 3} more files in {out}")
+
+
+def _unique(name: str, taken: dict) -> str:
+    label, i = name, 2
+    while label in taken:
+        label, i = f"{name}-{i}", i + 1
+    return label
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/")) or "model"
+
+
+def _f(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
