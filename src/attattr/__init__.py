@@ -1,3 +1,15 @@
-"""attattr: self-attention attribution for Hugging Face Transformers."""
+"""attattr: self-attention attribution for Hugging Face Transformers.
+
+import attattr
+loaded = attattr.models.load("minilm-rt")
+attr = attattr.attribute(loaded.model, loaded.tokenizer, "a gorgeous, witty and deeply moving film")
+attr.head_importance()      # [layers, heads]
+attr.top_edges(5)           # strongest token -> token connections
+"""
 
 __version__ = "0.1.0"
+
+from .engine import attribute, attribute_many  # noqa: E402
+from .result import Attribution, Edge  # noqa: E402
+
+__all__ = ["Attribution", "Edge", "attribute", "attribute_many", "__version__"]

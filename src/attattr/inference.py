@@ -42,26 +42,35 @@ def encode_batch(
     for t in texts:
         check_text(t)
     pair_list = list(pairs) if pairs is not None else [None] * len(texts)
-    has_pairs = any(p is not None for p in pair_list)
-    if has_pairs:
-        for p in pair_list:
-            check_text(p or "", "pair text")
-    full = tokenizer(list(texts), pair_list if has_pairs else None, truncation=False)
-    lengths = [len(ids) for ids in full["input_ids"]]
-    too_long = [n > max_length for n in lengths]
-    if any(too_long) and not truncate:
-        worst = max(lengths)
-        raise InputError(
-            f"input has {worst} tokens, more than the model's maximum {max_length} (truncation is off)"
-        )
-    enc = tokenizer(
-        list(texts),
-        pair_list if has_pairs else None,
-        truncation="longest_first" if has_pairs else True,
-        max_length=max_length,
-        padding=True,
-        return_tensors="pt",
-    )
+    for p in pair_list:
+        if p is not None:
+            check_text(p, "pair text")
+    features, segment_lists, too_long = [], [], []
+    for text, pair in zip(texts, pair_list, strict=True):
+        full_len = len(tokenizer(text, pair, truncation=False)["input_ids"])
+        if full_len > max_length and not truncate:
+            raise InputError(
+                f"input has {full_len} tokens, more than the model's maximum {max_length} (truncation is off)"
+            )
+        too_long.append(full_len > max_length)
+        one = tokenizer(text, pair, truncation="longest_first", max_length=max_length)
+        # segment of every token (0 = first text, 1 = pair text; special tokens join the segment before them)
+        sequence_ids = one.sequence_ids() if one.encodings else [0] * len(one["input_ids"])
+        segments, current = [], 0
+        for sid in sequence_ids:
+            current = sid if sid is not None else current
+            segments.append(current)
+        features.append(dict(one))
+        segment_lists.append(segments)
+    enc = tokenizer.pad(features, padding=True, return_tensors="pt")
+    width = enc["input_ids"].shape[1]
+    segment_ids = torch.zeros(len(features), width, dtype=torch.long)
+    for row, segments in enumerate(segment_lists):
+        if tokenizer.padding_side == "left":
+            segment_ids[row, width - len(segments) :] = torch.tensor(segments)
+        else:
+            segment_ids[row, : len(segments)] = torch.tensor(segments)
+    enc["segment_ids"] = segment_ids
     return enc.to(device), too_long
 
 

@@ -1,0 +1,442 @@
+"""The attribution computation (SPEC §1): integrated gradients over each layer's attention.
+
+For target layer l the attention probabilities A^l are replaced by alpha * A^l. The gradient of the
+output F with respect to that scaled matrix, integrated over alpha and multiplied by A^l, is the
+attribution. What makes it fast without changing a number:
+  * prefix reuse: the layers below l do not depend on alpha, so each pass runs them once per example
+    and only forks the scaled copies at layer l (`AttentionHook.row_selections`);
+  * staircase: one pass can serve several target layers; copies for a higher target are forked from
+    the clean rows when the pass reaches that layer, and the clean rows are dropped after the last one;
+  * one reference pass without gradients gives A for every layer, F(A) and every F(0 * A^l);
+  * several examples per pass (padding masked) and a memory budget that splits the steps into passes;
+  * optional bf16 autocast (matrix products in bf16, integration accumulated in fp32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from . import __version__
+from .errors import InputError, ModelError
+from .hooks import AttentionHook, Injection, check_supported, model_num_heads, model_num_layers
+from .inference import encode_batch, model_inputs, model_max_length
+from .quadrature import DEFAULT_RULE, DEFAULT_STEPS, RULES
+from .quadrature import rule as quadrature_rule
+from .result import Attribution
+
+OUTPUTS = ("prob", "logit", "logprob")
+# steps="auto": the fewest Gauss-Legendre nodes whose integration error is at most that of the
+# paper's 20-step right Riemann sum, measured by `make bench` (see benchmarks/README.md).
+AUTO_GAUSS_NODES = 6
+DEFAULT_BUDGET_FRACTION = 0.35
+
+
+@dataclass
+class _Item:
+    id: str | None
+    text: str
+    text_pair: str | None
+    label: int | None
+
+
+def attribute(
+    model,
+    tokenizer,
+    text: str,
+    text_pair: str | None = None,
+    *,
+    label: int | None = None,
+    example_id: str | None = None,
+    **options,
+) -> Attribution:
+    """Attribution of one input. See `attribute_many` for the options."""
+    item = _Item(example_id, text, text_pair, label)
+    return next(iter(attribute_many(model, tokenizer, [item], batch_size=1, **options)))
+
+
+def attribute_many(
+    model,
+    tokenizer,
+    examples: Iterable,
+    *,
+    target: str | int = "predicted",
+    output: str = "prob",
+    steps: int | str = DEFAULT_STEPS,
+    rule: str = DEFAULT_RULE,
+    layers: Sequence[int] | None = None,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    memory_budget: int | None = None,
+    truncate: bool = True,
+    batch_size: int = 8,
+    model_id: str | None = None,
+    label_names: Sequence[str] | None = None,
+    on_example: Callable[[int], None] | None = None,
+    fast: bool = False,
+) -> Iterator[Attribution]:
+    """Attributions of many inputs, batched; yields one `Attribution` per example in input order.
+
+    examples: `attattr.data.Example`-like objects (id, text, text_pair, label), strings, or
+        (text, text_pair) tuples.
+    target: "predicted" (default), "gold" (each example's label), or a class index.
+    output: F is the target's "prob" (default, as the paper), "logit" or "logprob".
+    rule, steps: the integration rule (`attattr.quadrature.RULES`) and its number of nodes;
+        steps="auto" with Gauss-Legendre uses the benchmarked node count.
+    layers: the layers to attribute (default all).
+    dtype: None/"float32" (exact), "bfloat16" (autocast) or "auto" (bf16 where the hardware has it).
+    memory_budget: bytes a pass may use for activations (default: a fraction of free memory).
+    fast: the fast preset: Gauss-Legendre, steps="auto", dtype="auto".
+    """
+    if fast:
+        rule, steps, dtype = "gauss-legendre", "auto", "auto"
+    check_supported(model)
+    if output not in OUTPUTS:
+        raise InputError(f"unknown output {output!r}; choose one of: {', '.join(OUTPUTS)}")
+    if rule not in RULES:
+        raise InputError(f"unknown integration rule {rule!r}; choose one of: {', '.join(RULES)}")
+    if steps == "auto":
+        steps = AUTO_GAUSS_NODES if rule == "gauss-legendre" else DEFAULT_STEPS
+    alphas, weights = quadrature_rule(rule, steps)
+    num_layers, num_heads = model_num_layers(model), model_num_heads(model)
+    num_labels = model.config.num_labels
+    if layers is None:
+        layers = list(range(num_layers))
+    else:
+        layers = sorted({int(x) for x in layers})
+        bad = [x for x in layers if not 0 <= x < num_layers]
+        if bad or not layers:
+            raise InputError(f"layers must be within 0..{num_layers - 1}, got {bad or 'none'}")
+    if isinstance(target, int) and not isinstance(target, bool):
+        if not 0 <= target < num_labels:
+            raise InputError(f"target class {target} out of range: the model has {num_labels} classes")
+    elif target not in ("predicted", "gold"):
+        raise InputError(f"target must be 'predicted', 'gold' or a class index, got {target!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size!r}")
+    autocast_dtype = resolve_dtype(dtype, device or _model_device(model))
+    if device is not None:
+        model.to(device)
+    device = _model_device(model)
+    model.eval()
+    max_length = model_max_length(model, tokenizer)
+    model_id = model_id or getattr(model.config, "_name_or_path", "") or type(model).__name__
+    label_names = list(label_names) if label_names else _label_names(model)
+    budget = memory_budget or default_memory_budget(device)
+    settings = _Settings(
+        target,
+        output,
+        rule,
+        int(steps),
+        alphas,
+        weights,
+        layers,
+        num_layers,
+        num_heads,
+        autocast_dtype,
+        budget,
+    )
+
+    items = [_as_item(x, i) for i, x in enumerate(examples)]
+    if target == "gold":
+        missing = [it.id for it in items if it.label is None]
+        if missing:
+            raise InputError(f"target='gold' needs a label for every example; missing for {missing[:3]}")
+        bad_labels = [it.label for it in items if not 0 <= int(it.label) < num_labels]
+        if bad_labels:
+            raise InputError(f"gold label {bad_labels[0]} out of range: the model has {num_labels} classes")
+    for it in items:
+        if not isinstance(it.text, str) or not it.text.strip():
+            raise InputError(f"text is empty{f' (example {it.id})' if it.id is not None else ''}")
+        if it.text_pair is not None and not it.text_pair.strip():
+            raise InputError(f"pair text is empty{f' (example {it.id})' if it.id is not None else ''}")
+
+    # Sort by length inside windows to limit padding, but yield in input order.
+    window = batch_size * 8
+    for w0 in range(0, len(items), window):
+        chunk = items[w0 : w0 + window]
+        lengths = [len(tokenizer(it.text, it.text_pair)["input_ids"]) for it in chunk]
+        order = sorted(range(len(chunk)), key=lambda i: lengths[i])
+        done: dict[int, Attribution] = {}
+        next_out = 0
+        for b0 in range(0, len(order), batch_size):
+            batch_idx = order[b0 : b0 + batch_size]
+            batch = [chunk[i] for i in batch_idx]
+            for i, attr in zip(
+                batch_idx,
+                _attribute_batch(
+                    model, tokenizer, batch, settings, max_length, truncate, device, model_id, label_names
+                ),
+                strict=True,
+            ):
+                done[i] = attr
+            if on_example is not None:
+                on_example(len(batch))
+            while next_out in done:
+                yield done.pop(next_out)
+                next_out += 1
+
+
+@dataclass
+class _Settings:
+    target: str | int
+    output: str
+    rule: str
+    steps: int
+    alphas: Sequence[float]
+    weights: Sequence[float]
+    layers: list[int]
+    num_layers: int
+    num_heads: int
+    dtype: torch.dtype | None
+    budget: int
+
+
+def _attribute_batch(
+    model, tokenizer, batch, s: _Settings, max_length, truncate, device, model_id, label_names
+):
+    enc, truncated = encode_batch(
+        tokenizer,
+        [it.text for it in batch],
+        [it.text_pair for it in batch] if any(it.text_pair is not None for it in batch) else None,
+        max_length=max_length,
+        truncate=truncate,
+        device=device,
+    )
+    inputs = model_inputs(enc, model)
+    mask = enc["attention_mask"]  # [B, n]
+    bsz, n = mask.shape
+    clean = torch.arange(bsz, device=device)
+
+    with AttentionHook(model, record=True) as hook:
+        # Reference pass, no gradients: A for every layer, F(A), and F(0 * A^l) for every target layer.
+        hook.reset()
+        rows = bsz
+        for layer in s.layers:
+            hook.row_selections[layer] = torch.cat([torch.arange(rows, device=device), clean])
+            hook.injections[layer] = Injection(rows, torch.zeros(bsz), make_leaf=False)
+            rows += bsz
+        with torch.no_grad(), _autocast(device, s.dtype):
+            logits = model(**inputs).logits.float()
+        attentions = {layer: hook.attentions[layer][:bsz].float() for layer in s.layers}  # [B, H, n, n]
+        clean_logits = logits[:bsz]
+        probabilities = torch.softmax(clean_logits, dim=-1)
+        predicted = probabilities.argmax(dim=-1)
+        if s.target == "predicted":
+            targets = predicted
+        elif s.target == "gold":
+            targets = torch.tensor([int(it.label) for it in batch], device=device)
+        else:
+            targets = torch.full((bsz,), int(s.target), device=device)
+        output_values = _output(clean_logits, targets, s.output)  # [B]
+        baselines = _output(logits[bsz:], targets.repeat(len(s.layers)), s.output).view(len(s.layers), bsz)
+
+        # Gradient passes: integrated gradients of F w.r.t. each target layer's scaled attention.
+        hook.record = False
+        integrated = {layer: torch.zeros_like(attentions[layer]) for layer in s.layers}
+        alphas = torch.tensor(s.alphas, dtype=torch.float32)
+        weights = torch.tensor(s.weights, dtype=torch.float32, device=device)
+        for units in plan_passes(s.layers, len(s.alphas), s.num_layers, bsz, n, model, s.budget, s.dtype):
+            hook.reset()
+            # Rows while a pass runs: [clean rows (until the last target layer)] + [scaled copies].
+            copies = 0
+            row_weights = []
+            last = units[-1][0]
+            for layer, k0, k1 in units:
+                k = k1 - k0
+                keep_clean = layer != last
+                index = [clean] if keep_clean else []
+                index += [torch.arange(bsz, bsz + copies, device=device), clean.repeat(k)]
+                hook.row_selections[layer] = torch.cat(index)
+                start = (bsz if keep_clean else 0) + copies
+                hook.injections[layer] = Injection(
+                    start, alphas[k0:k1].repeat_interleave(bsz), make_leaf=True
+                )
+                row_weights.append(weights[k0:k1].repeat_interleave(bsz))
+                copies += k * bsz
+            with torch.enable_grad(), _autocast(device, s.dtype):
+                out_logits = model(**inputs).logits.float()  # [copies, C], copies in unit order
+            row_w = torch.cat(row_weights)
+            row_targets = targets.repeat(row_w.shape[0] // bsz)
+            objective = (_output(out_logits, row_targets, s.output) * row_w).sum()
+            leaves = [hook.leaves[layer] for layer, _, _ in units]
+            grads = torch.autograd.grad(objective, leaves)
+            for (layer, k0, k1), grad in zip(units, grads, strict=True):
+                integrated[layer] += grad.float().view(k1 - k0, bsz, *grad.shape[1:]).sum(0)
+            del out_logits, objective, leaves, grads
+        hook.reset()
+
+    versions = _versions()
+    results = []
+    for b, it in enumerate(batch):
+        keep = mask[b].nonzero().flatten()
+        ids = enc["input_ids"][b, keep].tolist()
+        att = torch.stack([attentions[layer][b] for layer in s.layers])[:, :, keep][:, :, :, keep]
+        ig = torch.stack([integrated[layer][b] for layer in s.layers])[:, :, keep][:, :, :, keep]
+        scores = (att * ig).cpu().contiguous()
+        results.append(
+            Attribution(
+                scores=scores,
+                attentions=att.cpu().contiguous(),
+                tokens=tokenizer.convert_ids_to_tokens(ids),
+                token_ids=ids,
+                segment_ids=enc["segment_ids"][b, keep].tolist(),
+                special_mask=[i in set(tokenizer.all_special_ids) for i in ids],
+                layers=list(s.layers),
+                target=int(targets[b]),
+                target_mode=s.target if isinstance(s.target, str) else "index",
+                output=s.output,
+                output_value=float(output_values[b]),
+                baseline_values=[float(x) for x in baselines[:, b]],
+                score_sums=[float(x) for x in scores.double().sum(dim=(1, 2, 3))],
+                probabilities=[float(x) for x in probabilities[b]],
+                predicted=int(predicted[b]),
+                rule=s.rule,
+                steps=s.steps,
+                model_id=str(model_id),
+                text=it.text,
+                text_pair=it.text_pair,
+                label=None if it.label is None else int(it.label),
+                label_names=label_names,
+                example_id=it.id,
+                dtype="bfloat16" if s.dtype == torch.bfloat16 else "float32",
+                truncated=bool(truncated[b]),
+                versions=versions,
+            )
+        )
+    return results
+
+
+def plan_passes(
+    layers: Sequence[int],
+    num_alphas: int,
+    num_layers: int,
+    batch: int,
+    seq_len: int,
+    model,
+    budget: int,
+    dtype: torch.dtype | None,
+) -> list[list[tuple[int, int, int]]]:
+    """Group (layer, alpha range) units into passes whose activation memory stays under `budget`.
+
+    A unit (l, k0, k1) forks (k1 - k0) * batch rows at layer l that live through layers l..L-1.
+    Units are packed in layer order (a staircase) until the next one would exceed the budget.
+    """
+    per_row_layer = activation_bytes(model, seq_len, dtype)
+    clean_cost = batch * num_layers * per_row_layer
+    passes: list[list[tuple[int, int, int]]] = []
+    current: list[tuple[int, int, int]] = []
+    used = clean_cost
+    for layer in layers:
+        row_cost = batch * (num_layers - layer) * per_row_layer  # one alpha of this layer
+        per_chunk = max(1, int((budget - clean_cost) // max(row_cost, 1)))
+        for k0 in range(0, num_alphas, per_chunk):
+            k1 = min(num_alphas, k0 + per_chunk)
+            cost = (k1 - k0) * row_cost
+            if current and (used + cost > budget or current[-1][0] == layer):
+                passes.append(current)
+                current, used = [], clean_cost
+            current.append((layer, k0, k1))
+            used += cost
+    if current:
+        passes.append(current)
+    return passes
+
+
+def activation_bytes(model, seq_len: int, dtype: torch.dtype | None) -> int:
+    """Rough bytes kept for the backward pass per batch row per layer (hidden states, FFN, attention)."""
+    cfg = model.config
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "dim", 768)
+    ffn = getattr(cfg, "intermediate_size", None) or getattr(cfg, "hidden_dim", 4 * hidden)
+    heads = model_num_heads(model)
+    floats = seq_len * (14 * hidden + 4 * ffn) + 5 * heads * seq_len * seq_len
+    return int(floats * 4 * (1.25 if dtype == torch.bfloat16 else 1.0))
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """A safe fraction of the memory that is free now (CPU RAM, or the GPU's free memory)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.6)
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+        available = info.get("MemAvailable", 8 << 30)
+    except OSError:
+        available = 8 << 30
+    return int(available * DEFAULT_BUDGET_FRACTION)
+
+
+def resolve_dtype(dtype, device) -> torch.dtype | None:
+    """None for exact fp32; torch.bfloat16 for autocast. "auto" picks bf16 where it is fast."""
+    if dtype in (None, "float32", "fp32", torch.float32):
+        return None
+    if dtype in ("bfloat16", "bf16", torch.bfloat16):
+        return torch.bfloat16
+    if dtype == "auto":
+        return torch.bfloat16 if bf16_is_fast(torch.device(device)) else None
+    raise InputError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or auto")
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def _output(logits: torch.Tensor, targets: torch.Tensor, output: str) -> torch.Tensor:
+    """F per row: the target class's probability, logit or log-probability. logits: [rows, C]."""
+    if output == "logit":
+        chosen = logits
+    elif output == "logprob":
+        chosen = torch.log_softmax(logits, dim=-1)
+    else:
+        chosen = torch.softmax(logits, dim=-1)
+    return chosen.gather(1, targets.view(-1, 1).to(logits.device)).squeeze(1)
+
+
+def _as_item(x, index: int) -> _Item:
+    if isinstance(x, _Item):
+        return x
+    if isinstance(x, str):
+        return _Item(None, x, None, None)
+    if isinstance(x, tuple):
+        return _Item(None, x[0], x[1] if len(x) > 1 else None, x[2] if len(x) > 2 else None)
+    if hasattr(x, "text"):
+        return _Item(getattr(x, "id", None), x.text, getattr(x, "text_pair", None), getattr(x, "label", None))
+    raise InputError(
+        f"example {index}: expected a text, a (text, pair) tuple or an Example, got {type(x).__name__}"
+    )
+
+
+def _label_names(model) -> list[str] | None:
+    id2label = getattr(model.config, "id2label", None) or {}
+    names = [id2label[i] for i in sorted(id2label)]
+    if not names or all(str(x).startswith("LABEL_") for x in names):
+        return None
+    return [str(x) for x in names]
+
+
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        raise ModelError("the model has no parameters") from None
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    return {"attattr": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
