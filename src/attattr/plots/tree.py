@@ -1,0 +1,265 @@
+"""Figures for attribution trees: one tree, and the dataset analyses of `attattr.tree_stats`.
+
+Tree drawing: tokens along the bottom in input order; each tree node sits above its token at the
+height of the layer where it joined (the root on top); edges go from parent down to child, their
+width and colour by the normalised score; tokens left out of the tree are faded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib import colors as mcolors
+from matplotlib.patches import FancyArrowPatch
+
+from ..tree import AttributionTree, _title
+from .style import SEQUENTIAL, save_figure
+
+FADED = "#b0b0b0"
+ROOT_COLOUR = "#444444"
+TOP_COLOUR = "#c0392b"
+METHOD_COLOURS = {"attribution": "#c0392b", "attention": "#2471a3", "random": "#7f8c8d"}
+
+
+def _short(token: str, limit: int = 14) -> str:
+    return token if len(token) <= limit else token[: limit - 1] + "…"
+
+
+def draw_tree(tree: AttributionTree, path: str | Path | None = None, *, title: str | None = None):
+    """Draw `tree`; with `path` (no extension) write path.png and path.svg. Returns the figure
+    (closed after saving when `path` is given)."""
+    n = len(tree.tokens)
+    num_layers = len(tree.layers)
+    longest = max((len(_short(t)) for t in tree.tokens), default=1)
+    width = min(40.0, max(6.0, 0.36 * n + 2.0))
+    # rotate the token labels when the longest would not fit the space of one token (8 pt ≈ 0.075 in/char)
+    rotate = longest * 0.075 > 0.9 * (width - 2.0) / max(n, 1)
+    label_height = 0.075 * longest if rotate else 0.3
+    height = max(3.2, 0.42 * (num_layers + 1) + 1.2) + label_height
+    fig, ax = plt.subplots(figsize=(width, height))
+
+    root_y = num_layers  # the root above the last layer
+    y_of_layer = {layer: pos for pos, layer in enumerate(tree.layers)}
+    ypos: dict[int, float] = {}
+    for node in tree.nodes:
+        ypos[node.index] = root_y if node.layer is None else y_of_layer[node.layer]
+
+    # layer guide lines
+    for pos in range(num_layers + 1):
+        ax.axhline(pos, color="#eeeeee", lw=0.8, zorder=0)
+    # segment boundary for sentence pairs
+    for i in range(1, n):
+        if tree.segment_ids[i] != tree.segment_ids[i - 1]:
+            ax.axvline(i - 0.5, color="#999999", lw=0.8, ls="--", zorder=0)
+
+    # thin guides from each node down to its token, so a reader can follow a node to its word
+    for idx, y in ypos.items():
+        ax.plot([idx, idx], [-0.6, y], color="#d6d6d6", lw=0.6, zorder=1)
+
+    # edges: colour and width by score (threshold .. 1)
+    cmap = plt.get_cmap(SEQUENTIAL)
+    norm = mcolors.Normalize(vmin=tree.threshold, vmax=1.0)
+    for e in tree.edges:
+        x0, y0, x1, y1 = e.parent, ypos[e.parent], e.child, ypos[e.child]
+        if e.parent == tree.root:
+            colour, lw, style = ROOT_COLOUR, 1.4, (0, (4, 2))
+        else:
+            strength = min(1.0, max(0.0, norm(e.score)))
+            colour, lw, style = cmap(0.35 + 0.65 * strength), 1.0 + 2.6 * strength, "solid"
+        rad = 0.35 if y0 == y1 else 0.0  # same-layer edges (parent_choice="authors") as arcs
+        arrow = FancyArrowPatch(
+            (x0, y0),
+            (x1, y1),
+            arrowstyle="-|>",
+            mutation_scale=8,
+            lw=lw,
+            color=colour,
+            linestyle=style,
+            shrinkA=6,
+            shrinkB=6,
+            connectionstyle=f"arc3,rad={rad}",
+            zorder=2,
+        )
+        ax.add_patch(arrow)
+
+    # nodes
+    for node in tree.nodes:
+        idx, y = node.index, ypos[node.index]
+        if idx == tree.root:
+            face, edge = ROOT_COLOUR, ROOT_COLOUR
+        elif idx == tree.top:
+            face, edge = TOP_COLOUR, TOP_COLOUR
+        else:
+            face, edge = "white", "#1f4e79"
+        ax.scatter([idx], [y], s=70, c=[face], edgecolors=[edge], linewidths=1.4, zorder=4)
+        ax.annotate(
+            _short(node.token, 12),
+            (idx, y),
+            xytext=(4, 5),
+            textcoords="offset points",
+            fontsize=7,
+            rotation=25,
+            color="#1b1b1b",
+            bbox=dict(boxstyle="round,pad=0.08", fc="white", ec="none", alpha=0.75),
+            zorder=5,
+        )
+    # each node's parent-edge score beside the node (one edge per node: labels never pile up)
+    for e in tree.edges:
+        if e.parent != tree.root:
+            ax.annotate(
+                f"{e.score:.2f}",
+                (e.child, ypos[e.child]),
+                xytext=(5, -9),
+                textcoords="offset points",
+                fontsize=6,
+                color="#1f4e79",
+                zorder=5,
+            )
+    handles = [
+        plt.Line2D([], [], marker="o", ls="", ms=7, mfc=ROOT_COLOUR, mec=ROOT_COLOUR, label="root"),
+        plt.Line2D([], [], marker="o", ls="", ms=7, mfc=TOP_COLOUR, mec=TOP_COLOUR, label="top node"),
+        plt.Line2D([], [], marker="o", ls="", ms=7, mfc="white", mec="#1f4e79", label="joined at this layer"),
+    ]
+    ax.legend(
+        handles=handles,
+        loc="lower left",
+        bbox_to_anchor=(0.0, 1.0),
+        ncol=3,
+        frameon=False,
+        fontsize=7.5,
+        borderaxespad=0.2,
+    )
+
+    # token labels along the bottom: tree members dark, the others faded
+    members = {node.index for node in tree.nodes}
+    ax.set_xticks(range(n))
+    labels = ax.set_xticklabels(
+        [_short(t) for t in tree.tokens],
+        rotation=60 if rotate else 0,
+        ha="right" if rotate else "center",
+        rotation_mode="anchor",
+        fontsize=8,
+    )
+    for i, label in enumerate(labels):
+        if i in members:
+            label.set_color("black")
+            label.set_fontweight("bold")
+        else:
+            label.set_color(FADED)
+        if tree.special_mask[i]:
+            label.set_fontstyle("italic")
+    ax.tick_params(axis="x", length=0, pad=3)
+
+    ax.set_yticks(list(range(num_layers)) + [root_y])
+    ax.set_yticklabels([f"layer {layer}" for layer in tree.layers] + ["root"], fontsize=7.5)
+    ax.tick_params(axis="y", length=0)
+    ax.set_xlim(-0.7, n - 0.3)
+    ax.set_ylim(-0.6, root_y + 0.6)
+    for side in ("top", "right", "left", "bottom"):
+        ax.spines[side].set_visible(False)
+
+    heading = title if title is not None else _title(tree)
+    sub = f"attribution tree, threshold {tree.threshold:g}: {tree.size} of {n} tokens, depth {tree.depth}"
+    if tree.model_id:
+        sub += f" · {tree.model_id}"
+    ax.set_title(f"{heading}\n{sub}" if heading else sub, loc="left", fontsize=9.5, pad=22)
+    if tree.message:
+        ax.text(
+            0.99,
+            0.5,
+            _wrap(tree.message, int(width * 7)),
+            transform=ax.transAxes,
+            fontsize=7.5,
+            color="#444444",
+            ha="right",
+            va="center",
+            bbox=dict(boxstyle="round,pad=0.4", fc="#fafafa", ec="#cccccc"),
+            zorder=6,
+        )
+
+    if tree.attention_edges() and tree.threshold < 1.0:
+        sm = plt.cm.ScalarMappable(cmap=cmap, norm=norm)
+        bar = fig.colorbar(sm, ax=ax, fraction=0.02 if width > 10 else 0.035, pad=0.01)
+        bar.set_label("normalised score", fontsize=7.5)
+        bar.ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, max(36, width)))
+
+
+# ---- dataset analyses ------------------------------------------------------------------------------
+def plot_size_depth(sizes: Sequence[int], depths: Sequence[int], path: str | Path | None = None, *, title=""):
+    """Histograms of tree size (tokens in the tree) and depth over a dataset."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for ax, values, name in ((axes[0], sizes, "tree size (tokens)"), (axes[1], depths, "tree depth (edges)")):
+        values = np.asarray(values, dtype=int)
+        if values.size:
+            bins = np.arange(values.min(), values.max() + 2) - 0.5
+            ax.hist(values, bins=bins, color="#2471a3", edgecolor="white")
+            ax.axvline(values.mean(), color="#c0392b", lw=1.2, label=f"mean {values.mean():.2f}")
+            ax.legend(frameon=False, fontsize=8)
+        ax.set_xlabel(name)
+        ax.set_ylabel("examples")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_receptive_field(per_layer: Sequence[dict[str, Any]], path: str | Path | None = None, *, title=""):
+    """Mean token distance |i - j| of tree edges per layer (bars), edge counts annotated."""
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(per_layer) + 2), 3))
+    layers = [r["layer"] for r in per_layer]
+    means = [r["mean_distance"] if r["mean_distance"] is not None else 0.0 for r in per_layer]
+    errs = [r.get("sem") or 0.0 for r in per_layer]
+    ax.bar(layers, means, yerr=errs, color="#2471a3", capsize=2)
+    for layer, m, r in zip(layers, means, per_layer, strict=True):
+        ax.text(layer, m, f"n={r['edges']}", ha="center", va="bottom", fontsize=7, color="#555555")
+    ax.set_xticks(layers)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("mean |i − j| of tree edges")
+    ax.set_title(title or "receptive field of attribution-tree edges", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_faithfulness(curves: dict[str, Any], path: str | Path | None = None, *, title="", relative=False):
+    """Mean drop of the output F against the number k of zeroed attention connections.
+
+    curves: {"k": [...], "methods": {name: {"mean_drop": [...], "sem_drop": [...], ...}}}."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ks = np.asarray(curves["k"])
+    key = "mean_relative_drop" if relative else "mean_drop"
+    for name, c in curves["methods"].items():
+        mean = np.asarray(c[key], dtype=float)
+        sem = np.asarray(c.get("sem_relative_drop" if relative else "sem_drop", [0] * len(ks)), dtype=float)
+        colour = METHOD_COLOURS.get(name)
+        ax.plot(ks, mean, marker="o", ms=3.5, label=name, color=colour)
+        ax.fill_between(ks, mean - sem, mean + sem, color=colour, alpha=0.15, lw=0)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xticks(ks)
+    ax.set_xticklabels([str(k) for k in ks])
+    ax.set_xlabel("attention connections zeroed (k)")
+    ax.set_ylabel("mean relative drop of F" if relative else "mean drop of F")
+    ax.axhline(0, color="#999999", lw=0.6)
+    ax.legend(frameon=False, fontsize=8)
+    ax.set_title(title or "edge faithfulness", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
