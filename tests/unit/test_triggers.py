@@ -1,0 +1,497 @@
+"""Trigger mining and the attack (SPEC §4) on a tiny in-memory model and tokenizer."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+import pytest
+import torch
+import transformers as tf
+
+from attattr import triggers as T
+from attattr.errors import InputError, ResultFileError
+from attattr.result import Attribution
+
+WORDS = "the a cat dog sat ran on mat with and down again of film good bad very not is it".split()
+VOCAB = list(
+    dict.fromkeys(
+        [
+            "[PAD]",
+            "[UNK]",
+            "[CLS]",
+            "[SEP]",
+            "[MASK]",
+            "[unused0]",
+            "[unused1]",
+            *WORDS,
+            *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"],
+            *"abcdefghijklmnopqrstuvwxyz",
+            *".,!?'",
+        ]
+    )
+)
+MAX_POS = 64
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tf.BertTokenizerFast(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = tf.BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=MAX_POS,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    m = tf.BertForSequenceClassification(cfg).eval()
+    m.set_attn_implementation("eager")
+    return m
+
+
+@dataclass
+class Ex:
+    id: str
+    text: str
+    text_pair: str | None = None
+    label: int | None = None
+
+
+class DS(list):
+    name = "tiny"
+    split = "train"
+    label_names = ["neg", "pos"]
+
+
+def make_attribution(tok, text, pair=None, *, layers=(0, 1, 2), heads=4, predicted=1, seed=0):
+    enc = tok(text, pair)
+    ids = list(enc["input_ids"])
+    n = len(ids)
+    tokens = tok.convert_ids_to_tokens(ids)
+    seq = enc.sequence_ids()
+    special = [s is None for s in seq]
+    segs = [0 if (s is None and i <= tokens.index("[SEP]")) or s == 0 else 1 for i, s in enumerate(seq)]
+    g = torch.Generator().manual_seed(seed)
+    scores = (torch.rand(len(layers), heads, n, n, generator=g) - 0.5) * 0.02  # |x| <= 0.01
+    return Attribution(
+        scores=scores,
+        attentions=torch.full((len(layers), heads, n, n), 1.0 / n),
+        tokens=tokens,
+        token_ids=ids,
+        segment_ids=segs,
+        special_mask=special,
+        layers=list(layers),
+        target=predicted,
+        target_mode="predicted",
+        output="prob",
+        output_value=0.9,
+        baseline_values=[0.5] * len(layers),
+        score_sums=[0.0] * len(layers),
+        probabilities=[0.1, 0.9],
+        predicted=predicted,
+        rule="riemann-right",
+        steps=20,
+        model_id="tiny",
+        text=text,
+        text_pair=pair,
+        label=0,
+        label_names=["neg", "pos"],
+        example_id="ex7",
+    )
+
+
+def pattern_with(tok, text, pair, entries, *, predicted=1):
+    """A pattern whose head (layer index 1, head 2) holds `entries` [(i, j, score)], largest first."""
+    attr = make_attribution(tok, text, pair, predicted=predicted)
+    for i, j, s in entries:
+        attr.scores[1, 2, i, j] = s
+    return T.mine_pattern(attr, tok)
+
+
+def place(words, placed):
+    """Independent insertion: `placed` = [(gap, word)] into the word list `words`."""
+    out = []
+    for gap in range(len(words) + 1):
+        out += [w for g, w in placed if g == gap]
+        if gap < len(words):
+            out.append(words[gap])
+    return out
+
+
+def tokens_after(tok, inserted):
+    return tok.convert_ids_to_tokens(tok(inserted.text, inserted.text_pair)["input_ids"])
+
+
+# ---- mining ------------------------------------------------------------------------------
+@pytest.mark.parametrize("use_tokenizer", [True, False])
+def test_mine_pattern_finds_planted_maximum(tok, use_tokenizer):
+    text = "the cats sat on the mat with a dog"
+    attr = make_attribution(tok, text, layers=(0, 2, 5))
+    toks = attr.tokens
+    assert toks[2:4] == ["cat", "##s"]
+    attr.scores[1, 3, 3, 7] = 0.9  # global maximum: layer 2 (index 1), head 3, ##s -> mat
+    attr.scores[1, 3, 9, 0] = 0.5  # second in that head: a -> [CLS]
+    attr.scores[0, 0, 4, 4] = 0.7  # larger than 0.5 but in another head: must not be picked
+    p = T.mine_pattern(attr, tok if use_tokenizer else None)
+    assert (p.layer, p.head) == (2, 3)
+    assert [(q.query, q.key) for q in p.pairs] == [(3, 7), (9, 0)]
+    assert [q.score for q in p.pairs] == pytest.approx([0.9, 0.5])
+    assert p.score == pytest.approx(1.4)
+    assert p.segment_boundary == toks.index("[SEP]") == len(toks) - 1
+    assert (p.predicted, p.predicted_name, p.label, p.example_id) == (1, "pos", 0, "ex7")
+    s = p.token(3)
+    assert (s.piece, s.word, s.special, s.segment) == ("##s", "cats", False, 0)
+    # words of the segment: the cats sat on the mat with a dog -> "cats" is word 1 of 9
+    assert (s.word_index, s.segment_words) == (1, 9)
+    assert p.token(7).word == "mat" and p.token(7).word_index == 5
+    assert p.token(0).special and p.token(0).piece == "[CLS]"
+    assert p.token(3).relative == pytest.approx(1 / 8)
+
+
+def test_mine_pattern_pairs_segments(tok):
+    attr = make_attribution(tok, "the dog ran", "a cat sat down")
+    sep = attr.tokens.index("[SEP]")
+    attr.scores[2, 1, sep + 2, 2] = 0.3  # cat (segment B) -> dog (segment A)
+    p = T.mine_pattern(attr, tok)
+    assert p.segment_boundary == sep == 4
+    cat, dog = p.token(sep + 2), p.token(2)
+    assert (cat.word, cat.segment, cat.word_index, cat.segment_words) == ("cat", 1, 1, 4)
+    assert (dog.word, dog.segment, dog.word_index, dog.segment_words) == ("dog", 0, 1, 3)
+
+
+def test_mine_pattern_nothing_to_mine(tok):
+    attr = make_attribution(tok, "the dog")
+    attr.scores[0, 0, 0, 0] = float("nan")
+    assert T.mine_pattern(attr, tok) is None
+
+
+# ---- trigger words: the top-2 rule, special tokens -----------------------------------------
+def test_top2_rule_boundary(tok):
+    text = "the dog sat on the mat with a cat"
+    both = pattern_with(tok, text, None, [(2, 3, 1.0), (6, 9, 0.2)])  # 0.2 >= 0.2 * 1.0
+    one = pattern_with(tok, text, None, [(2, 3, 1.0), (6, 9, 0.19)])
+    assert [w.word for w in T.trigger_tokens(both)] == ["dog", "sat", "mat", "cat"]
+    assert [w.word for w in T.trigger_tokens(one)] == ["dog", "sat"]
+    # a different ratio moves the boundary
+    assert [w.word for w in T.trigger_tokens(one, ratio=0.1)] == ["dog", "sat", "mat", "cat"]
+
+
+def test_special_tokens_never_inserted(tok):
+    text = "the dog sat on the mat"
+    sep = len(tok(text)["input_ids"]) - 1
+    p = pattern_with(tok, text, None, [(0, 2, 1.0), (2, sep, 0.9)])  # [CLS] -> dog, dog -> [SEP]
+    words = T.trigger_tokens(p)
+    assert [w.word for w in words] == ["dog"]  # specials dropped, dog once
+    ins = T.insert_trigger(tok, "a cat ran down", p, MAX_POS)
+    assert tokens_after(tok, ins).count("[SEP]") == 1 and tokens_after(tok, ins).count("[CLS]") == 1
+    only_special = pattern_with(tok, text, None, [(0, sep, 1.0), (sep, 0, 0.9)])
+    assert T.trigger_tokens(only_special) == []
+    with pytest.raises(InputError, match="nothing to insert"):
+        T.insert_trigger(tok, "a cat", only_special, MAX_POS)
+    with pytest.raises(InputError, match="special token"):
+        T.insert_words(tok, "a cat", None, [T.TriggerWord("[SEP]", 0, 0.0, 1, 1)], MAX_POS)
+    # the control vocabulary has no specials, unused slots or continuation pieces
+    vocab = T.control_vocabulary(tok)
+    assert vocab and not {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused0]"} & set(vocab)
+    assert not any(w.startswith("##") for w in vocab)
+    assert set(vocab) == set(WORDS) | set("abcdefghijklmnopqrstuvwxyz") | set(".,!?'")
+
+
+def test_word_pieces_become_whole_words(tok):
+    text = "the cats sat"
+    # both picked positions are pieces of "cats": it is inserted once, as the whole word
+    p = pattern_with(tok, text, None, [(2, 3, 1.0), (3, 2, 0.5)])
+    words = T.trigger_tokens(p, tokenizer=tok)
+    assert [(w.word, w.pieces) for w in words] == [("cats", 2)]
+    ins = T.insert_trigger(tok, "a dog ran on the mat", p, MAX_POS)
+    assert tokens_after(tok, ins)[1:-1] == ["a", "dog", "ran", "cat", "##s", "on", "the", "mat"]
+
+
+# ---- insertion positions -------------------------------------------------------------------
+TARGET = "a dog ran down the mat again"  # 7 words
+
+
+@pytest.mark.parametrize(
+    "source_pos, expected",
+    [
+        # source "the film sat on the mat with a cat": 9 words; positions are +1 for [CLS]
+        (1, "the a dog ran down the mat again"),  # word 0 -> start
+        (4, "a dog ran on down the mat again"),  # word 3 of 0..8 -> 3/8 * 7 = 2.6 -> gap 3
+        (9, "a dog ran down the mat again cat"),  # word 8 (last) -> end
+    ],
+)
+def test_insert_single_start_middle_end(tok, source_pos, expected):
+    source = "the film sat on the mat with a cat"
+    p = pattern_with(tok, source, None, [(source_pos, source_pos, 1.0)])
+    ins = T.insert_trigger(tok, TARGET, p, MAX_POS)
+    rel = (source_pos - 1) / 8
+    gap = int(rel * 7 + 0.5)
+    target_words = TARGET.split()
+    word = source.split()[source_pos - 1]
+    assert ins.text.split() == target_words[:gap] + [word] + target_words[gap:]
+    assert ins.text == expected
+    assert ins.gaps == [(0, gap)] and ins.text_pair is None and not ins.truncated
+    assert ins.num_tokens == len(target_words) + 3
+
+
+@pytest.mark.parametrize("which", ["start", "middle", "end"])
+def test_insert_pairs_in_same_segment(tok, which):
+    source_a, source_b = "the film sat", "a cat ran on the mat"  # B: 6 words
+    sep = 4
+    b_pos = {"start": 0, "middle": 3, "end": 5}[which]
+    p = pattern_with(tok, source_a, source_b, [(sep + 1 + b_pos, 2, 1.0)])  # B word -> "film" (A, 1 of 3)
+    target_a, target_b = "it is very good again", "not bad"  # 5 words, 2 words
+    ins = T.insert_trigger(tok, Ex("t", target_a, target_b), p, MAX_POS)
+    b_word = source_b.split()[b_pos]
+    a_gap = int(0.5 * 5 + 0.5)  # "film" is word 1 of 3 -> relative 0.5 -> gap 3 of 5
+    b_gap = int(b_pos / 5 * 2 + 0.5)
+    assert ins.text.split() == target_a.split()[:a_gap] + ["film"] + target_a.split()[a_gap:]
+    assert ins.text_pair.split() == target_b.split()[:b_gap] + [b_word] + target_b.split()[b_gap:]
+    enc = tok(ins.text, ins.text_pair)
+    toks = tok.convert_ids_to_tokens(enc["input_ids"])
+    assert toks.count("[SEP]") == 2
+    # each inserted word sits in the segment it came from (token_type_ids)
+    assert enc["token_type_ids"][toks.index("film")] == 0
+    b_index = [i for i, t in enumerate(toks) if t == b_word and enc["token_type_ids"][i] == 1]
+    assert len(b_index) == 1
+    # a pair-segment word goes into the only segment when the target has no pair text
+    single = T.insert_trigger(tok, "it is very good again", p, MAX_POS)
+    assert single.text_pair is None and b_word in single.text.split() and "film" in single.text.split()
+
+
+def test_insertion_never_exceeds_max_length(tok):
+    long_a = " ".join(["the dog ran"] * 20)  # 60 tokens of its own
+    long_b = " ".join(["a cat"] * 10)  # 20
+    source = "the film sat on the mat with a very bad cat"
+    last = len(source.split())
+    p = pattern_with(tok, source, None, [(last, 1, 1.0), (last - 1, 2, 0.9)])  # cat, the, bad, film
+    words = [w.word for w in T.trigger_tokens(p)]
+    assert words == ["the", "film", "bad", "cat"]
+    for max_length in (64, 20, 12):
+        ins = T.insert_trigger(tok, (long_a, long_b), p, max_length)
+        enc = tok(ins.text, ins.text_pair)
+        assert len(enc["input_ids"]) <= max_length and ins.num_tokens == len(enc["input_ids"])
+        assert ins.truncated
+        # the trigger survives in full; the example's own tokens were cut (both segments, whole words)
+        out = ins.text.split()
+        own = len(out) - 4
+        rel = [0.0, 0.1, 0.9, 1.0]
+        expected = place(
+            long_a.split()[:own], [(int(r * own + 0.5), w) for r, w in zip(rel, words, strict=True)]
+        )
+        assert out == expected and own < 60
+        assert ins.text_pair and ins.text_pair.split() == long_b.split()[: len(ins.text_pair.split())]
+    with pytest.raises(InputError, match="no room"):
+        T.insert_trigger(tok, (long_a, long_b), p, 6)
+
+
+# ---- pattern selection ---------------------------------------------------------------------
+def test_score_threshold_and_top(tok):
+    text = "the dog sat on the mat with a cat"
+    ps = [
+        # scores exact in float32; min_score 0.5
+        pattern_with(tok, text, None, [(2, 3, 0.25), (4, 5, 0.25)], predicted=0),  # 0.5: kept
+        pattern_with(tok, text, None, [(2, 6, 0.25), (4, 5, 0.2421875)], predicted=0),  # below
+        pattern_with(tok, text, None, [(6, 9, 1.0), (4, 5, 0.5)], predicted=1),
+        pattern_with(tok, text, None, [(7, 9, 0.75), (4, 5, 0.5)], predicted=1),
+        pattern_with(tok, text, None, [(8, 9, 0.625), (4, 5, 0.5)], predicted=1),
+    ]
+    chosen = T.select_patterns(ps, top=2, min_score=0.5)
+    assert [(rank, p.predicted) for rank, p in chosen] == [(3, 1), (4, 1), (1, 0)]
+    assert [rank for rank, _ in T.select_patterns(ps, top=5, min_score=0.5)] == [3, 4, 5, 1]
+    with pytest.raises(InputError, match="larger than the number of patterns"):
+        T.select_patterns(ps, top=6)
+    with pytest.raises(InputError, match="no pattern has a score sum >= 2"):
+        T.select_patterns(ps, top=1, min_score=2.0)
+    # identical triggers from two examples are attacked once
+    dup = [ps[2], pattern_with(tok, text, None, [(6, 9, 0.875), (4, 5, 0.5)], predicted=1)]
+    assert len(T.select_patterns(dup, top=2, min_score=0.0)) == 1
+
+
+def test_control_words_match_trigger_tokens(tok):
+    trigger = [T.TriggerWord("cats", 0, 0.25, 3, 2), T.TriggerWord("dog", 1, 1.0, 9, 1)]
+    vocab = T.control_vocabulary(tok)
+    words = T.control_words(trigger, vocab, random.Random(3), tok)
+    assert len(words) == 3  # as many tokens as the trigger has pieces (cat ##s, dog)
+    assert [(w.segment, w.relative) for w in words] == [(0, 0.25), (0, 0.25), (1, 1.0)]
+    assert all(w.word in vocab for w in words)
+    assert words == T.control_words(trigger, vocab, random.Random(3), tok)  # seeded
+
+
+# ---- the patterns file ---------------------------------------------------------------------
+def _result(tok, patterns):
+    settings = {"model_id": "tiny", "tokenizer": T.tokenizer_info(tok), "examples": 3}
+    return T.MiningResult(patterns=patterns, considered=3, skipped=1, settings=settings)
+
+
+def test_patterns_file_round_trip_and_bad_files(tok, tmp_path):
+    text = "the dog sat on the mat"
+    ps = [pattern_with(tok, text, None, [(2, 3, 0.5), (4, 5, 0.2)])]
+    path = T.write_patterns(tmp_path / "p.jsonl", _result(tok, ps))
+    lines = path.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert header["format"] == T.FORMAT and header["model_id"] == "tiny" and header["count"] == 1
+    assert header["tokenizer"]["vocab_size"] == len(VOCAB)
+    loaded = T.load_patterns(path, model_id="tiny", tokenizer=tok)
+    assert loaded.patterns == ps and loaded.model_id == "tiny"
+
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ResultFileError, match="is empty"):
+        T.load_patterns(tmp_path / "empty.jsonl")
+    (tmp_path / "junk.jsonl").write_text("not json\n")
+    with pytest.raises(ResultFileError, match="not an attattr patterns file"):
+        T.load_patterns(tmp_path / "junk.jsonl")
+    (tmp_path / "bad.jsonl").write_text(lines[0] + "\n" + lines[1] + '\n{"example_id": 3}\n')
+    with pytest.raises(ResultFileError, match="line 3: malformed pattern"):
+        T.load_patterns(tmp_path / "bad.jsonl")
+    with pytest.raises(ResultFileError, match="not found"):
+        T.load_patterns(tmp_path / "missing.jsonl")
+
+    with pytest.raises(ResultFileError, match="mined with model 'tiny', not 'other'"):
+        T.load_patterns(path, model_id="other")
+    other_tok = tf.BertTokenizerFast(vocab={w: i for i, w in enumerate(VOCAB[:-3])})
+    with pytest.raises(ResultFileError, match=f"tokenizer with {len(VOCAB)} tokens, not {len(VOCAB) - 3}"):
+        T.load_patterns(path, tokenizer=other_tok)
+    with pytest.warns(UserWarning, match="using it anyway"):
+        assert T.load_patterns(path, model_id="other", allow_other_model=True).patterns == ps
+
+
+# ---- mining and attacking with the engine on a tiny model ----------------------------------
+SENTENCES = [
+    "the dog sat on the mat with a cat and it is very good",
+    "a film",  # short: skipped
+    "the cat ran down the mat again and again , not bad at all",
+    "it is a very bad film of a dog that sat on a mat",
+    "the dog",  # short: skipped
+    "good good film with a cat and a dog , it is not bad",
+]
+
+
+def _dataset(sentences=SENTENCES, labels=None):
+    labels = labels or [i % 2 for i in range(len(sentences))]
+    return DS(Ex(f"e{i}", s, None, y) for i, (s, y) in enumerate(zip(sentences, labels, strict=True)))
+
+
+def _reference_pattern(attr):
+    """Independent: loop over heads for the largest entry, then sort that head's entries."""
+    best = None
+    L, H, n, _ = attr.scores.shape
+    for li in range(L):
+        for h in range(H):
+            m = float(attr.scores[li, h].max())
+            if best is None or m > best[0]:
+                best = (m, li, h)
+    _, li, h = best
+    entries = sorted(
+        ((float(attr.scores[li, h, i, j]), i, j) for i in range(n) for j in range(n)), reverse=True
+    )
+    return li, h, entries[:2]
+
+
+def test_mine_patterns_with_engine_and_resume(tok, model, tmp_path, monkeypatch):
+    import attattr
+    import attattr.engine as engine
+
+    data = _dataset()
+    run = tmp_path / "run.jsonl"
+    result = T.mine_patterns(model, tok, data, examples=6, min_tokens=8, steps=4, batch_size=3, store=run)
+    assert (result.considered, result.skipped, len(result.patterns)) == (6, 2, 4)
+    scores = [p.score for p in result.patterns]
+    assert scores == sorted(scores, reverse=True)
+    for p in result.patterns:
+        ex = data[int(p.example_id[1:])]
+        attr = attattr.attribute(model, tok, ex.text, steps=4, example_id=ex.id)
+        li, h, top2 = _reference_pattern(attr)
+        assert (p.layer, p.head) == (attr.layers[li], h)
+        assert [(q.query, q.key) for q in p.pairs] == [(i, j) for _, i, j in top2]
+        assert [q.score for q in p.pairs] == pytest.approx([s for s, _, _ in top2], abs=1e-6)
+        assert p.predicted == attr.predicted and p.label == ex.label
+
+    # interrupted after three examples: the rerun computes only the rest, with the same result
+    lines = run.read_text().splitlines()
+    run.write_text("\n".join(lines[:4]) + "\n")
+    seen = []
+    real = engine.attribute_many
+
+    def spy(model, tokenizer, examples, **kw):
+        examples = list(examples)
+        seen.extend(ex.id for ex in examples)
+        return real(model, tokenizer, examples, **kw)
+
+    monkeypatch.setattr(engine, "attribute_many", spy)
+    again = T.mine_patterns(model, tok, data, examples=6, min_tokens=8, steps=4, batch_size=3, store=run)
+    done_before = {json.loads(x)["id"] for x in lines[1:4]}
+    assert set(seen) == {"e0", "e2", "e3", "e5"} - done_before and seen
+    assert [(p.example_id, p.layer, p.head, [(q.query, q.key) for q in p.pairs]) for p in again.patterns] == [
+        (p.example_id, p.layer, p.head, [(q.query, q.key) for q in p.pairs]) for p in result.patterns
+    ]
+    assert [p.score for p in again.patterns] == pytest.approx([p.score for p in result.patterns], abs=1e-6)
+    with pytest.raises(ResultFileError, match="other settings"):
+        T.mine_patterns(model, tok, data, examples=6, min_tokens=8, steps=5, store=run)
+
+
+def test_attack_end_to_end(tok, model):
+    from attattr.inference import model_inputs
+
+    train = _dataset()
+    mined = T.mine_patterns(model, tok, train, examples=6, min_tokens=8, steps=4)
+    dev = _dataset(
+        [
+            "the dog sat on the mat",
+            "a cat ran down",
+            "it is good",
+            "not a bad film",
+            "the film is very good",
+            "a dog and a cat",
+            "again and again",
+            "it sat",
+        ],
+        [0, 1, 1, 0, 1, 0, 0, 1],
+    )
+    report = T.attack(model, tok, mined.patterns, dev, top=2, min_score=0.0, seeds=(0, 1, 2))
+
+    @torch.no_grad()
+    def accuracy(texts, labels):
+        enc = tok(texts, padding=True, return_tensors="pt")
+        pred = model(**model_inputs(enc, model)).logits.argmax(-1)
+        ok = (pred == torch.tensor(labels)).float()
+        lab = torch.tensor(labels)
+        return [float(ok[lab == c].mean()) for c in (0, 1)]
+
+    labels = [ex.label for ex in dev]
+    assert report.classes == ["neg", "pos"] and report.class_sizes == [4, 4]
+    assert report.before == pytest.approx(accuracy([ex.text for ex in dev], labels))
+    assert 1 <= len(report.results) <= 4
+    by_rank = {rank: p for rank, p in enumerate(mined.patterns, start=1)}
+    for r in report.results:
+        p = by_rank[r.rank]
+        assert r.trigger == [w.word for w in T.trigger_tokens(p)]
+        # independent insertion for the after-accuracy: words at round(rel * W) word gaps
+        texts = []
+        for ex in dev:
+            words = ex.text.split()
+            placed = [(int(w.relative * len(words) + 0.5), w.word) for w in T.trigger_tokens(p)]
+            texts.append(" ".join(place(words, placed)))
+        assert [c.after for c in r.per_class] == pytest.approx(accuracy(texts, labels))
+        for c in r.per_class + [r.overall]:
+            assert c.drop == pytest.approx(c.before - c.after)
+            assert c.margin == pytest.approx(c.control_mean - c.after)
+            assert 0.0 <= c.control_mean <= 1.0 and c.control_std >= 0.0
+            assert c.adversarial == (c.drop > 0 and c.margin > max(0.0, 2.0 * c.control_std))
+        assert r.adversarial == any(c.adversarial for c in r.per_class)
+    md = report.markdown()
+    assert sum(line.startswith("| ") for line in md.splitlines()) == len(report.results) + 1
+    assert "control" in md
+    json.dumps(report.to_json())  # plain JSON
+    with pytest.raises(InputError, match="larger than the number of patterns"):
+        T.attack(model, tok, mined.patterns, dev, top=len(mined.patterns) + 1)
