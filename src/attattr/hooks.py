@@ -15,6 +15,7 @@ once per example while the scaled copies exist only from the target layer up (pr
 from __future__ import annotations
 
 import contextvars
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -232,7 +233,8 @@ def _batch_size(args, kwargs) -> int | None:
     return None
 
 
-_LAYER_CACHE: dict[int, list[nn.Module]] = {}
+# weak keys: a model that is freed must not leave its layers behind for a new model at the same id
+_LAYER_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def layer_modules(model: nn.Module) -> list[nn.Module]:
@@ -241,9 +243,8 @@ def layer_modules(model: nn.Module) -> list[nn.Module]:
     Each attention call is traced back to the nearest ancestor that is an element of an
     nn.ModuleList: BertLayer, TransformerBlock (DistilBERT), AlbertLayer (shared by all layers)...
     """
-    key = id(model)
-    if key in _LAYER_CACHE:
-        return _LAYER_CACHE[key]
+    if model in _LAYER_CACHE:
+        return _LAYER_CACHE[model]
     parent_of: dict[int, tuple[nn.Module, bool]] = {}
     for parent in model.modules():
         for child in parent.children():
@@ -288,7 +289,7 @@ def layer_modules(model: nn.Module) -> list[nn.Module]:
             f"unsupported architecture {type(model).__name__}: {len(called)} attention calls per forward "
             f"for {model_num_layers(model)} layers"
         )
-    _LAYER_CACHE[key] = unique
+    _LAYER_CACHE[model] = unique
     return unique
 
 
