@@ -361,7 +361,8 @@ def _taylor_records(model, tokenizer, members: list[_Ex]) -> list[dict[str, Any]
     an example's gates is that example's own gradient, so one pass serves the whole batch."""
     enc = _encode(model, tokenizer, members)
     num_layers, num_heads = model_num_layers(model), model_num_heads(model)
-    gates = torch.ones(len(members), num_layers, num_heads, device=enc["input_ids"].device)
+    param = next(model.parameters())
+    gates = torch.ones(len(members), num_layers, num_heads, device=param.device, dtype=param.dtype)
     gates.requires_grad_(True)
     gold = torch.tensor([x.label for x in members], device=gates.device)
     with torch.enable_grad(), AttentionHook(model, head_gates=gates):
