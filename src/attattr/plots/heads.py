@@ -49,10 +49,11 @@ def plot_importance(importance, path: str | Path, *, title: str | None = None) -
         for head in range(num_heads):
             value = scores[layer, head]
             dark = abs(value) > 0.6 * limit
+            text = f"{value:.{digits}f}"
             ax.text(
                 head,
                 layer,
-                f"{value:.{digits}f}",
+                text[1:] if text.startswith("-") and float(text) == 0 else text,
                 ha="center",
                 va="center",
                 fontsize=6.5 if num_heads > 8 else 8,
@@ -164,14 +165,12 @@ def plot_correlation_pairs(
     for ax, pair in zip(axes.flat, pairs, strict=False):
         x, y = np.asarray(pair["x"]), np.asarray(pair["y"])
         ax.scatter(x, y, s=14, alpha=0.75, color="#1f5fa8", edgecolors="none")
-        lo = min(x.min(), y.min())
-        hi = max(x.max(), y.max())
-        pad = 0.04 * (hi - lo or 1.0)
-        ax.set_xlim(lo - pad, hi + pad)
-        ax.set_ylim(lo - pad, hi + pad)
-        ax.set_aspect("equal")
-        ax.set_xlabel(pair["a"])
-        ax.set_ylabel(pair["b"])
+        if np.ptp(x) > 0:  # least-squares line, as a guide to the eye
+            slope, intercept = np.polyfit(x, y, 1)
+            xs = np.array([x.min(), x.max()])
+            ax.plot(xs, slope * xs + intercept, color="#c0392b", linewidth=1, alpha=0.8)
+        ax.set_xlabel(f"{pair['a']} importance")
+        ax.set_ylabel(f"{pair['b']} importance")
         r = pair["pearson"]
         rho = pair["spearman"]
         ax.set_title(f"r = {_fmt(r)}, ρ = {_fmt(rho)}")
@@ -190,7 +189,7 @@ def plot_correlation_matrix(
     names = result["names"]
     k = len(names)
     size = max(2.8, 0.9 * k + 1.4)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 0.8, size))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 0.2, size * 0.95), layout="constrained")
     for ax, key, label in ((axes[0], "pearson", "Pearson r"), (axes[1], "spearman", "Spearman ρ")):
         matrix = np.array([[np.nan if v is None else v for v in row] for row in result[key]], dtype=float)
         image = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
@@ -207,10 +206,10 @@ def plot_correlation_matrix(
                     color="white" if abs(v) > 0.6 else "black",
                 )
         ax.set_xticks(range(k), names, rotation=30, ha="right")
-        ax.set_yticks(range(k), names)
+        ax.set_yticks(range(k), names if key == "pearson" else [""] * k)
         ax.set_title(label)
         ax.spines[:].set_visible(False)
-    fig.colorbar(image, ax=list(axes), fraction=0.03, pad=0.03)
+    fig.colorbar(image, ax=list(axes), fraction=0.04, pad=0.02)
     fig.suptitle(title or "Correlation of head importance between models")
     return save_figure(fig, path)
 
@@ -218,4 +217,5 @@ def plot_correlation_matrix(
 def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
-    return f"{v:.2f}"
+    text = f"{v:.2f}"
+    return text[1:] if text == "-0.00" else text
