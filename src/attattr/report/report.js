@@ -1,6 +1,6 @@
 /* attattr report: the head grid, the selected head's heatmaps and the attribution tree.
    Plain JavaScript, no dependencies, nothing loaded from the network. The data sits in the
-   <script type="application/json" id="report-data"> block written by attattr.report.
+   JSON block with id "report-data", written by attattr.report.
 
    For tests and for curious readers, window.attattrReport exposes:
      select(layer, head), selected() -> "L-H", values() -> {attention, attribution} (row-major
