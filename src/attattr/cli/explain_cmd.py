@@ -1,3 +1,185 @@
-"""Commands: explain (filled in by its issue)."""
+"""`attattr explain`: attribute one input and print / write what matters."""
 
-from .app import app  # noqa: F401
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..errors import InputError
+from ..quadrature import DEFAULT_RULE, DEFAULT_STEPS
+from .app import app
+from .common import console, err_console, print_json, warn
+
+EXAMPLE = 'attattr explain "a gorgeous, witty and deeply moving film" --out out/'
+
+
+def parse_target(target: str, label_names: list[str] | None) -> str | int:
+    """'predicted', 'gold', a class index or a label name -> what `attribute` takes."""
+    if target in ("predicted", "gold"):
+        return target
+    if target.lstrip("-").isdigit():
+        return int(target)
+    if label_names and target in label_names:
+        return label_names.index(target)
+    names = ", ".join(label_names or [])
+    raise InputError(
+        f"unknown target {target!r}: use 'predicted', 'gold', a class index or a label ({names})"
+    )
+
+
+def parse_steps(steps: str) -> int | str:
+    if steps == "auto":
+        return "auto"
+    try:
+        return int(steps)
+    except ValueError:
+        raise InputError(f"steps must be an integer >= 1 or 'auto', got {steps!r}") from None
+
+
+@app.command(
+    help=f"Attribute one input (or a sentence pair) to attention heads and connections.\n\nExample:  {EXAMPLE}"
+)
+def explain(
+    text: str = typer.Argument(..., help="The input text."),
+    pair: str | None = typer.Option(None, "--pair", help="Second text of a sentence pair."),
+    model: str = typer.Option(
+        "minilm-rt", "--model", "-m", help="Recipe name, local model directory or hub id."
+    ),
+    target: str = typer.Option(
+        "predicted", help="'predicted', 'gold' (needs --label), a class index or label name."
+    ),
+    label: str | None = typer.Option(None, help="Gold label (index or name), for --target gold."),
+    output: str = typer.Option("prob", help="F: the target's prob, logit or logprob."),
+    steps: str = typer.Option(str(DEFAULT_STEPS), help="Integration steps, or 'auto' with gauss-legendre."),
+    rule: str = typer.Option(
+        DEFAULT_RULE, help="riemann-right|riemann-left|riemann-mid|trapezoid|gauss-legendre"
+    ),
+    fast: bool = typer.Option(
+        False, "--fast", help="Fast preset: Gauss-Legendre, auto steps, bf16 where supported."
+    ),
+    dtype: str | None = typer.Option(None, help="float32 (default), bfloat16 or auto."),
+    top: int = typer.Option(5, help="How many heads and connections to print."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Directory for tensors, metadata, figures, report."
+    ),
+    no_truncate: bool = typer.Option(
+        False, "--no-truncate", help="Refuse inputs longer than the model's maximum."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables."),
+) -> None:
+    from .. import attribute
+    from ..models import load
+
+    loaded = load(model, quiet=json_out)
+    target_arg = parse_target(target, loaded.label_names)
+    gold = None
+    if label is not None:
+        gold = parse_target(label, loaded.label_names)
+        if not isinstance(gold, int):
+            raise InputError(f"--label must be a class index or label name, got {label!r}")
+    started = time.perf_counter()
+    attr = attribute(
+        loaded.model,
+        loaded.tokenizer,
+        text,
+        pair,
+        target=target_arg,
+        label=gold,
+        output=output,
+        steps=parse_steps(steps),
+        rule=rule,
+        fast=fast,
+        dtype=dtype,
+        truncate=not no_truncate,
+        model_id=loaded.model_id,
+        label_names=loaded.label_names,
+    )
+    elapsed = time.perf_counter() - started
+    if attr.truncated:
+        warn(
+            f"the input was truncated to the model's maximum of {len(attr.tokens)} tokens (recorded in meta.json)"
+        )
+    written = write_outputs(attr, out) if out is not None else []
+    if json_out:
+        summary = attr.to_json()
+        summary["seconds"] = elapsed
+        summary["files"] = [str(p) for p in written]
+        print_json(summary)
+        return
+    print_summary(attr, top=top, seconds=elapsed)
+    if out is not None:
+        console.print(
+            f"\nwrote {len(written)} files to [bold]{out}[/bold]: " + ", ".join(p.name for p in written)
+        )
+
+
+def write_outputs(attr, out: Path) -> list[Path]:
+    """Tensors + metadata, the importance grid, attention-vs-attribution for the top heads, the report."""
+    from ..plots.heatmaps import attention_vs_attribution, importance_grid
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = [attr.save(out), out / "meta.json"]
+    written += importance_grid(attr, out / "heads")
+    imp = attr.head_importance()
+    top_heads = imp.flatten().topk(min(3, imp.numel())).indices.tolist()
+    for flat in top_heads:
+        pos, head = divmod(flat, imp.shape[1])
+        layer = attr.layers[pos]
+        written += attention_vs_attribution(attr, layer, head, out / f"head_L{layer}_H{head}")
+    try:
+        from ..report import write_report
+
+        tree = attr.tree() if len(attr.layers) > 1 else None
+        written.append(write_report(out / "report.html", attribution=attr, tree=tree))
+    except ImportError:  # the report module is optional at this stage
+        pass
+    return written
+
+
+def print_summary(attr, *, top: int, seconds: float) -> None:
+    probs = "  ".join(f"{attr.label_name(i)} {p:.3f}" for i, p in enumerate(attr.probabilities))
+    pred = attr.label_name(attr.predicted)
+    console.print(f"[bold]prediction:[/bold] {pred}  ({probs})")
+    text = attr.text + (f"  ||  {attr.text_pair}" if attr.text_pair else "")
+    console.print(f"[bold]input:[/bold] {text}  ({len(attr.tokens)} tokens)")
+    console.print(
+        f"[bold]explained:[/bold] F = {attr.output} of '{attr.label_name(attr.target)}' ({attr.target_mode}) "
+        f"= {attr.output_value:.4f}; {attr.rule}, {attr.steps} steps, {attr.dtype}; {seconds:.1f} s"
+    )
+    imp = attr.head_importance()
+    heads = Table(title="most important heads (max attribution)", title_justify="left")
+    heads.add_column("layer", justify="right")
+    heads.add_column("head", justify="right")
+    heads.add_column("importance", justify="right")
+    for flat in imp.flatten().topk(min(top, imp.numel())).indices.tolist():
+        pos, h = divmod(flat, imp.shape[1])
+        heads.add_row(str(attr.layers[pos]), str(h), f"{float(imp[pos, h]):.4f}")
+    console.print(heads)
+    edges = Table(
+        title="strongest attributed connections (query token attends to key token)", title_justify="left"
+    )
+    for col in ("layer", "head", "query", "", "key", "score"):
+        edges.add_column(col, justify="right" if col in ("layer", "head", "score") else "left")
+    for e in attr.top_edges(top):
+        edges.add_row(
+            str(e.layer),
+            str(e.head),
+            f"{e.query_token} [{e.query}]",
+            "<-",
+            f"{e.key_token} [{e.key}]",
+            f"{e.score:.4f}",
+        )
+    console.print(edges)
+    comp = Table(title="completeness per layer: sum of scores vs F(A) - F(0*A)", title_justify="left")
+    for col in ("layer", "sum of scores", "F(A) - F(0)", "gap"):
+        comp.add_column(col, justify="right")
+    for row in attr.completeness_table():
+        comp.add_row(
+            str(row["layer"]), f"{row['sum_scores']:.4f}", f"{row['output_delta']:.4f}", f"{row['gap']:+.4f}"
+        )
+    console.print(comp)
+    if attr.truncated:
+        err_console.print("note: the input was truncated")
