@@ -1,0 +1,416 @@
+"""Analyses built on attribution trees over a dataset (SPEC §3).
+
+* tree size and depth distributions;
+* receptive field: per layer, the mean token distance |i - j| of tree edges;
+* edge faithfulness: zero the top-k attention connections (entries (layer, head, i, j) of the
+  attention probabilities) chosen by attribution score, by attention weight and at random, and
+  record the model output F (the attribution's own target and output) against k.
+
+A zeroed connection is multiplied by 0 without renormalising its row, the same convention as head
+pruning: the query token simply stops receiving that key's value through that head.
+
+Per-example results go to a `RunStore` (one JSON line each) so that an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .hooks import AttentionHook
+from .inference import encode_batch, model_inputs, model_max_length
+from .result import Attribution
+from .runstore import RunStore
+from .tree import AttributionTree, build_tree, check_threshold
+
+DEFAULT_KS = (0, 1, 2, 5, 10, 20, 50)
+METHODS = ("attribution", "attention", "random")
+RUN_FILE = "tree_stats.jsonl"
+SUMMARY_FILE = "tree_stats.json"
+# gate tensors per pass stay under this many bytes ([rows, heads, n, n] float32 per layer)
+GATE_BYTES = 256 * 2**20
+
+
+class ConnectionGateHook(AttentionHook):
+    """`AttentionHook` that also multiplies single attention entries by gates.
+
+    `connection_gates`: {layer: tensor `[rows, heads, q, k]`} of multipliers (0 removes the
+    connection (head, q, k) for that batch row); layers without an entry are untouched."""
+
+    def __init__(self, model, **kwargs):
+        super().__init__(model, **kwargs)
+        self.connection_gates: dict[int, torch.Tensor] = {}
+
+    def on_attention(self, probs: torch.Tensor) -> torch.Tensor:
+        layer = self._layer  # the base class advances it
+        probs = super().on_attention(probs)
+        gates = self.connection_gates.get(layer)
+        if gates is not None:
+            probs = probs * gates.to(device=probs.device, dtype=probs.dtype)
+        return probs
+
+
+def output_of(logits: torch.Tensor, target: int, output: str) -> torch.Tensor:
+    """F per row from logits `[rows, classes]`: the target's probability, logit or log-probability."""
+    logits = logits.float()
+    if output == "logit":
+        values = logits
+    elif output == "logprob":
+        values = torch.log_softmax(logits, dim=-1)
+    else:
+        values = torch.softmax(logits, dim=-1)
+    return values[:, target]
+
+
+def rankings(
+    attr: Attribution, *, seeds: int = 3, methods: Sequence[str] = METHODS, salt: str = ""
+) -> dict[str, list[np.ndarray]]:
+    """Connection orders (flat indices into `[layers, heads, n, n]`, strongest first) per method.
+
+    attribution: descending signed attribution score; attention: descending attention weight;
+    random: one permutation per seed (seeded by the seed and `salt`, e.g. the example id)."""
+    out: dict[str, list[np.ndarray]] = {}
+    for method in methods:
+        if method == "attribution":
+            out[method] = [_descending(attr.scores)]
+        elif method == "attention":
+            out[method] = [_descending(attr.attentions)]
+        elif method == "random":
+            total = attr.scores.numel()
+            out[method] = [
+                np.random.default_rng([seed, zlib.crc32(salt.encode())]).permutation(total)
+                for seed in range(seeds)
+            ]
+        else:
+            raise InputError(f"unknown connection ranking {method!r}; choose from {', '.join(METHODS)}")
+    return out
+
+
+def _descending(values: torch.Tensor) -> np.ndarray:
+    flat = values.detach().flatten().double().cpu().numpy()
+    return np.argsort(-flat, kind="stable")
+
+
+@torch.no_grad()
+def connection_faithfulness(
+    model,
+    tokenizer,
+    attr: Attribution,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    seeds: int = 3,
+    methods: Sequence[str] = METHODS,
+    salt: str | None = None,
+) -> dict[str, Any]:
+    """F after zeroing the top-k connections of each ranking, for every k.
+
+    Returns {"k": [...], "f0": F with nothing zeroed, "methods": {name: [[F_k for k] per seed]}}
+    (one list for attribution and attention, `seeds` lists for random)."""
+    ks = _check_ks(ks)
+    device = next(model.parameters()).device
+    enc, _ = encode_batch(
+        tokenizer,
+        [attr.text],
+        [attr.text_pair],
+        max_length=model_max_length(model, tokenizer),
+        device=device,
+    )
+    ids = enc["input_ids"][0].tolist()
+    if ids != list(attr.token_ids):
+        raise InputError(
+            "the attribution's tokens differ from this tokenizer's encoding of its text "
+            f"(attribution model {attr.model_id!r})"
+        )
+    L, H, n, _ = attr.scores.shape
+    order = rankings(attr, seeds=seeds, methods=methods, salt=salt if salt is not None else attr.text)
+    total = L * H * n * n
+
+    # one gate row per (method, seed, k > 0), plus the untouched row
+    rows: list[tuple[str, int, int]] = [("none", 0, 0)]
+    for method, perms in order.items():
+        for s in range(len(perms)):
+            rows += [(method, s, k) for k in ks if k > 0]
+    gate_rows = np.ones((len(rows), total), dtype=np.float32)
+    for r, (method, s, k) in enumerate(rows):
+        if k > 0:
+            gate_rows[r, order[method][s][: min(k, total)]] = 0.0
+    gate_rows = gate_rows.reshape(len(rows), L, H, n, n)
+
+    values = np.empty(len(rows))
+    per_pass = max(1, GATE_BYTES // max(1, L * H * n * n * 4))
+    inputs = model_inputs(enc, model)
+    with ConnectionGateHook(model) as hook:
+        for start in range(0, len(rows), per_pass):
+            stop = min(start + per_pass, len(rows))
+            gates = torch.from_numpy(gate_rows[start:stop])
+            hook.connection_gates = {layer: gates[:, pos].to(device) for pos, layer in enumerate(attr.layers)}
+            batch = {k: v.expand(stop - start, *v.shape[1:]) for k, v in inputs.items()}
+            logits = model(**batch).logits
+            values[start:stop] = output_of(logits, attr.target, attr.output).cpu().double().numpy()
+
+    result: dict[str, Any] = {"k": list(ks), "f0": float(values[0]), "methods": {}}
+    lookup = {row: values[r] for r, row in enumerate(rows)}
+    for method, perms in order.items():
+        result["methods"][method] = [
+            [float(values[0]) if k == 0 else float(lookup[(method, s, k)]) for k in ks]
+            for s in range(len(perms))
+        ]
+    return result
+
+
+def _check_ks(ks: Sequence[int]) -> list[int]:
+    try:
+        ks = sorted({int(k) for k in ks})
+    except (TypeError, ValueError):
+        raise InputError(f"k values must be integers, got {ks!r}") from None
+    if not ks or ks[0] < 0:
+        raise InputError(f"k values must be non-negative integers, got {ks!r}")
+    if ks[0] != 0:
+        ks = [0, *ks]
+    return ks
+
+
+def example_record(attr: Attribution, tree: AttributionTree, faith: dict[str, Any] | None) -> dict[str, Any]:
+    """What the run file keeps per example (compact: no tensors)."""
+    return {
+        "id": attr.example_id,
+        "n": attr.num_tokens,
+        "size": tree.size,
+        "depth": tree.depth,
+        "top": tree.top,
+        "top_token": tree.tokens[tree.top] if tree.top is not None else None,
+        "edges": [[e.parent, e.child, e.layer, e.score] for e in tree.attention_edges()],
+        "predicted": attr.predicted,
+        "label": attr.label,
+        "target": attr.target,
+        "output_value": attr.output_value,
+        "faithfulness": faith,
+    }
+
+
+def run_tree_stats(
+    model,
+    tokenizer,
+    examples: Iterable,
+    *,
+    threshold: float = 0.4,
+    ks: Sequence[int] = DEFAULT_KS,
+    seeds: int = 3,
+    faithfulness: bool = True,
+    parent_choice: str = "strongest",
+    out_dir: str | Path | None = None,
+    settings: dict[str, Any] | None = None,
+    batch_size: int = 8,
+    on_example: Callable[[int], None] | None = None,
+    **attr_options,
+) -> dict[str, Any]:
+    """Trees (and faithfulness curves) for every example; returns the summary (see `summarise`).
+
+    examples: `attattr.data.Example`s (their ids key the run file) or strings.
+    out_dir: where the run file goes (resumed when present with the same settings); None: memory.
+    settings: extra settings recorded in the run file (model and data names, ...).
+    attr_options: passed to `attattr.attribute_many` (target, output, steps, rule, dtype, ...)."""
+    from .engine import attribute_many
+
+    threshold = check_threshold(threshold)
+    ks = _check_ks(ks)
+    if not isinstance(seeds, int) or seeds < 1:
+        raise InputError(f"seeds must be a positive integer, got {seeds!r}")
+    items = [_as_example(x, i) for i, x in enumerate(examples)]
+    if not items:
+        raise InputError("no examples to analyse")
+    ids = [it.id for it in items]
+    if len(set(ids)) != len(ids):
+        raise InputError("example ids must be unique")
+    run_settings = {
+        "threshold": threshold,
+        "ks": ks,
+        "seeds": seeds,
+        "faithfulness": faithfulness,
+        "parent_choice": parent_choice,
+        **{
+            k: (str(v) if not isinstance(v, int | float | str | bool | type(None)) else v)
+            for k, v in attr_options.items()
+        },
+        **(settings or {}),
+    }
+    store = RunStore(Path(out_dir) / RUN_FILE, run_settings) if out_dir is not None else _MemoryStore()
+    pending = [it for it in items if not store.done(it.id)]
+    if on_example is not None and len(pending) < len(items):
+        on_example(len(items) - len(pending))
+    if pending:
+        for attr in attribute_many(model, tokenizer, pending, batch_size=batch_size, **attr_options):
+            tree = build_tree(attr, threshold, parent_choice=parent_choice)
+            faith = (
+                connection_faithfulness(model, tokenizer, attr, ks=ks, seeds=seeds, salt=str(attr.example_id))
+                if faithfulness
+                else None
+            )
+            store.append(example_record(attr, tree, faith))
+            if on_example is not None:
+                on_example(1)
+    records = store.ordered(ids)
+    num_layers = _num_layers(model, attr_options.get("layers"))
+    summary = summarise(records, layers=num_layers, output=attr_options.get("output", "prob"))
+    summary["settings"] = run_settings
+    return summary
+
+
+def _num_layers(model, layers) -> list[int]:
+    from .hooks import model_num_layers
+
+    return sorted(layers) if layers else list(range(model_num_layers(model)))
+
+
+class _MemoryStore:
+    def __init__(self):
+        self.records: dict[str, dict] = {}
+
+    def done(self, example_id: str) -> bool:
+        return str(example_id) in self.records
+
+    def append(self, record: dict) -> None:
+        import json
+
+        self.records[str(record["id"])] = json.loads(json.dumps(record))
+
+    def ordered(self, ids):
+        return [self.records[str(i)] for i in ids if str(i) in self.records]
+
+
+class _Ex:
+    def __init__(self, id: str, text: str, text_pair: str | None, label: int | None):
+        self.id, self.text, self.text_pair, self.label = id, text, text_pair, label
+
+
+def _as_example(x, index: int) -> _Ex:
+    if isinstance(x, str):
+        return _Ex(str(index), x, None, None)
+    if isinstance(x, tuple):
+        return _Ex(str(index), x[0], x[1] if len(x) > 1 else None, x[2] if len(x) > 2 else None)
+    if hasattr(x, "text"):
+        ex_id = getattr(x, "id", None)
+        return _Ex(
+            str(ex_id if ex_id is not None else index),
+            x.text,
+            getattr(x, "text_pair", None),
+            getattr(x, "label", None),
+        )
+    raise InputError(f"example {index}: expected a text or an Example, got {type(x).__name__}")
+
+
+# ---- summaries ----------------------------------------------------------------------------------------
+def _describe(values: Sequence[float]) -> dict[str, float | None]:
+    arr = np.asarray(values, dtype=float)
+    if arr.size == 0:
+        return {"mean": None, "median": None, "min": None, "max": None, "std": None}
+    return {
+        "mean": float(arr.mean()),
+        "median": float(np.median(arr)),
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+        "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+    }
+
+
+def _sem(arr: np.ndarray, axis: int = 0) -> np.ndarray:
+    count = arr.shape[axis]
+    if count < 2:
+        return np.zeros(arr.shape[1 - axis] if arr.ndim == 2 else ())
+    return arr.std(axis=axis, ddof=1) / math.sqrt(count)
+
+
+def summarise(records: Sequence[dict[str, Any]], *, layers: Sequence[int], output: str = "prob") -> dict:
+    """Distributions, receptive field per layer and mean faithfulness curves over examples."""
+    sizes = [r["size"] for r in records]
+    depths = [r["depth"] for r in records]
+    fractions = [r["size"] / r["n"] for r in records]
+    distances: dict[int, list[int]] = {layer: [] for layer in layers}
+    for r in records:
+        for parent, child, layer, _ in r["edges"]:
+            distances.setdefault(layer, []).append(abs(parent - child))
+    receptive = []
+    for layer in sorted(distances):
+        d = np.asarray(distances[layer], dtype=float)
+        receptive.append(
+            {
+                "layer": layer,
+                "edges": int(d.size),
+                "mean_distance": float(d.mean()) if d.size else None,
+                "sem": float(_sem(d[:, None])[0]) if d.size > 1 else None,
+            }
+        )
+    summary: dict[str, Any] = {
+        "examples": len(records),
+        "size": {**_describe(sizes), "histogram": _histogram(sizes)},
+        "depth": {**_describe(depths), "histogram": _histogram(depths)},
+        "fraction_of_tokens_in_tree": _describe(fractions),
+        "tokens": _describe([r["n"] for r in records]),
+        "receptive_field": receptive,
+        "sizes": sizes,
+        "depths": depths,
+    }
+    faith = [r["faithfulness"] for r in records if r.get("faithfulness")]
+    if faith:
+        summary["faithfulness"] = _faithfulness_curves(faith, relative=output == "prob")
+    return summary
+
+
+def _histogram(values: Sequence[int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in sorted(values):
+        out[str(v)] = out.get(str(v), 0) + 1
+    return out
+
+
+def _faithfulness_curves(faith: Sequence[dict[str, Any]], *, relative: bool) -> dict[str, Any]:
+    ks = faith[0]["k"]
+    curves: dict[str, Any] = {"k": ks, "examples": len(faith), "methods": {}}
+    f0 = np.asarray([f["f0"] for f in faith])  # [examples]
+    for method in faith[0]["methods"]:
+        # each example's curve: the mean over its seeds (one seed for the deterministic rankings)
+        values = np.asarray([np.mean(f["methods"][method], axis=0) for f in faith])  # [examples, k]
+        drop = f0[:, None] - values
+        entry = {
+            "mean_output": values.mean(axis=0).tolist(),
+            "mean_drop": drop.mean(axis=0).tolist(),
+            "sem_drop": np.atleast_1d(_sem(drop)).tolist() if len(faith) > 1 else [0.0] * len(ks),
+        }
+        if relative:
+            rel = drop / np.maximum(f0[:, None], 1e-12)
+            entry["mean_relative_drop"] = rel.mean(axis=0).tolist()
+            entry["sem_relative_drop"] = (
+                np.atleast_1d(_sem(rel)).tolist() if len(faith) > 1 else [0.0] * len(ks)
+            )
+        curves["methods"][method] = entry
+    curves["mean_f0"] = float(f0.mean())
+    return curves
+
+
+def write_outputs(summary: dict[str, Any], out_dir: str | Path, *, title: str = "") -> list[Path]:
+    """tree_stats.json and the figures (size/depth histograms, receptive field, faithfulness)."""
+    import json
+
+    from .plots.style import save_figure
+    from .plots.tree import plot_faithfulness, plot_receptive_field, plot_size_depth
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / SUMMARY_FILE]
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
+    suffix = f" — {title}" if title else ""
+    fig = plot_size_depth(summary["sizes"], summary["depths"], title=f"attribution trees{suffix}")
+    written += save_figure(fig, out / "tree_size_depth")
+    fig = plot_receptive_field(summary["receptive_field"], title=f"receptive field of tree edges{suffix}")
+    written += save_figure(fig, out / "receptive_field")
+    if "faithfulness" in summary:
+        fig = plot_faithfulness(summary["faithfulness"], title=f"edge faithfulness{suffix}")
+        written += save_figure(fig, out / "faithfulness")
+    return written
