@@ -495,3 +495,75 @@ def test_attack_end_to_end(tok, model):
     json.dumps(report.to_json())  # plain JSON
     with pytest.raises(InputError, match="larger than the number of patterns"):
         T.attack(model, tok, mined.patterns, dev, top=len(mined.patterns) + 1)
+
+
+# ---- the command line ----------------------------------------------------------------------
+def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    import sys
+
+    from attattr.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["attattr", *map(str, args)])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    out, err = capsys.readouterr()
+    return exc.value.code or 0, out, " ".join(err.split())  # rich wraps long lines
+
+
+def test_cli_mine_and_attack(tok, model, tmp_path, monkeypatch, capsys):
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    csv = tmp_path / "data.csv"
+    csv.write_text("text,label\n" + "".join(f'"{s}",{i % 2}\n' for i, s in enumerate(SENTENCES * 2)))
+    patterns = tmp_path / "p.jsonl"
+
+    common = ["--model", model_dir, "--data", csv]
+    code, out, err = _cli(
+        monkeypatch, capsys, "triggers", "mine", *common, "--examples", 6, "--min-tokens", 8,
+        "--steps", 3, "--out", patterns, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(out)
+    assert (summary["considered"], summary["skipped_short"], summary["patterns"]) == (6, 2, 4)
+    loaded = T.load_patterns(patterns, model_id=str(model_dir.resolve()), tokenizer=tok)
+    assert len(loaded.patterns) == 4 and loaded.header["settings"]["steps"] == 3
+    assert (tmp_path / "p.jsonl.run.jsonl").exists()
+
+    attack_dir = tmp_path / "attack"
+    code, out, err = _cli(
+        monkeypatch, capsys, "triggers", "attack", *common, "--patterns", patterns, "--top", 1,
+        "--min-score", 0, "--seeds", 2, "--out", attack_dir,
+    )  # fmt: skip
+    assert code == 0, err
+    saved = json.loads((attack_dir / "attack.json").read_text())
+    assert saved["settings"]["seeds"] == [0, 1] and 1 <= len(saved["results"]) <= 2
+    assert {r["source_class"] for r in saved["results"]} <= {0, 1}
+    assert saved["before"] and all(0 <= a <= 1 for a in saved["before"])
+    assert "before → after" in (attack_dir / "attack.md").read_text()
+    assert (attack_dir / "attack.png").stat().st_size > 0 and (attack_dir / "attack.svg").exists()
+    assert "accuracy before" in out and saved["results"][0]["trigger"][0] in out
+
+    # bad input: --top too large, an empty file, another model's file -> one line, exit 2
+    code, _, err = _cli(
+        monkeypatch, capsys, "triggers", "attack", *common, "--patterns", patterns, "--top", 5
+    )
+    assert code == 2 and "larger than the number of patterns in the file (4)" in err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    code, _, err = _cli(monkeypatch, capsys, "triggers", "attack", *common, "--patterns", empty)
+    assert code == 2 and "is empty" in err and "Traceback" not in err
+    other = tmp_path / "other"
+    other_model = tf.BertForSequenceClassification(model.config)
+    other_model.save_pretrained(other)
+    tok.save_pretrained(other)
+    args = ["triggers", "attack", "--model", other, "--data", csv, "--patterns", patterns, "--top", 1]
+    code, _, err = _cli(monkeypatch, capsys, *args, "--min-score", 0, "--seeds", 1, "--out", attack_dir)
+    assert code == 2 and "was mined with model" in err and "--allow-other-model" in err
+    code, _, err = _cli(
+        monkeypatch, capsys, *args, "--min-score", 0, "--seeds", 1, "--out", attack_dir, "--allow-other-model"
+    )
+    assert code == 0 and "using it anyway" in err
+
+    code, out, _ = _cli(monkeypatch, capsys, "triggers", "attack", "--help")
+    assert code == 0 and "Example:" in out and "attattr triggers attack" in out

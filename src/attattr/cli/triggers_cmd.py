@@ -186,6 +186,7 @@ def attack_cmd(
             min_score=min_score,
             seeds=tuple(range(seeds)),
             batch_size=batch_size,
+            max_length=loaded.max_length,
             label_names=loaded.label_names,
             progress=advance,
         )
