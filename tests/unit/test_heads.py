@@ -26,6 +26,15 @@ TEXTS = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, above all on a shared, busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @dataclass
 class Ex:
     id: str
@@ -484,3 +493,103 @@ def test_interrupted_effectiveness_run_resumes_with_identical_numbers(tmp_path):
     fresh = heads.effectiveness(model, tok, exs, **kwargs)
     assert resumed["curves"] == fresh["curves"]
     assert resumed["example_ids"] == [x.id for x in exs]
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line, end to end
+# ---------------------------------------------------------------------------------------------
+def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    import sys
+
+    from attattr.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["attattr", *map(str, args)])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    out, err = capsys.readouterr()
+    return exc.value.code or 0, out, err
+
+
+@pytest.fixture
+def tiny_files(tmp_path):
+    """Two tiny classifiers saved as Hugging Face directories and a small labelled CSV."""
+    tok = tiny_tokenizer()
+    dirs = []
+    for seed in (0, 1):
+        model = sharp_model(seed=seed)
+        path = tmp_path / f"model{seed}"
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+        dirs.append(path)
+    csv = tmp_path / "data.csv"
+    rows = ["text,label"] + [f'"{t}",{i % 2}' for i, t in enumerate(TEXTS)]
+    csv.write_text("\n".join(rows) + "\n")
+    return dirs, csv
+
+
+def test_cli_end_to_end(tiny_files, tmp_path, monkeypatch, capsys):
+    (model_a, model_b), csv = tiny_files
+    out = tmp_path / "out"
+    common = ["--data", csv, "--steps", "3", "--batch-size", "3"]
+
+    code, stdout, _ = _cli(
+        monkeypatch, capsys, "heads", "importance", "--model", model_a, *common, "--examples", 5,
+        "--method", "taylor", "--out", out, "--json",
+    )  # fmt: skip
+    assert code == 0
+    printed = json.loads(stdout)
+    saved = heads.Importance.load(out / "importance-taylor.json")
+    assert printed["method"] == "taylor" and len(saved.example_ids) == 5
+    assert saved.scores.shape == (LAYERS, HEADS) and saved.per_example.shape == (5, LAYERS, HEADS)
+    assert (out / "importance-taylor.png").stat().st_size > 0 and (out / "importance-taylor.svg").exists()
+    assert (out / "runs" / "importance-taylor.jsonl").exists()
+
+    code, _, _ = _cli(
+        monkeypatch, capsys, "heads", "effectiveness", "--model", model_a, *common, "--examples", 4,
+        "--step", 5, "--out", out,
+    )  # fmt: skip
+    assert code == 0
+    eff = json.loads((out / "effectiveness.json").read_text())
+    assert eff["counts"] == [0, 5, 10, 12] and set(eff["curves"]) == set(heads.CURVES)
+    assert (out / "effectiveness.png").exists()
+
+    code, _, _ = _cli(
+        monkeypatch, capsys, "heads", "prune", "--model", model_a, *common, "--examples", 4,
+        "--methods", "attattr,accuracy-diff,random", "--seeds", 2, "--out", out,
+    )  # fmt: skip
+    assert code == 0
+    pruned = json.loads((out / "prune.json").read_text())
+    assert set(pruned["methods"]) == {"attattr", "accuracy-diff", "random"}
+    assert pruned["eval_examples"] == len(TEXTS) and len(pruned["methods"]["attattr"]["accuracy"]) == 11
+    assert pruned["methods"]["random"]["seeds"] == ["random-0", "random-1"]
+    # nothing pruned: the unpruned accuracy for every method; all pruned: the same model for all
+    assert len({m["accuracy"][0] for m in pruned["methods"].values()}) == 1
+    assert (out / "prune.png").exists() and (out / "importance-attattr.png").exists()
+
+    code, stdout, _ = _cli(
+        monkeypatch, capsys, "heads", "correlate", "--models", model_a, model_b, "--data", f"{csv},{csv}",
+        "--examples", 4, "--steps", 3, "--out", tmp_path / "corr", "--json",
+    )  # fmt: skip
+    assert code == 0
+    corr = json.loads(stdout)
+    assert len(corr["pairs"]) == 1 and -1 <= corr["pairs"][0]["pearson"] <= 1
+    assert (tmp_path / "corr" / "correlation-pairs.png").exists()
+    assert (tmp_path / "corr" / "correlation-matrix.png").exists()
+    # from saved importance files, no model needed
+    code, stdout, _ = _cli(
+        monkeypatch, capsys, "heads", "correlate", "--importance", out / "importance-attattr.json",
+        "--importance", out / "importance-taylor.json", "--out", tmp_path / "corr2", "--json",
+    )  # fmt: skip
+    assert code == 0 and len(json.loads(stdout)["pairs"]) == 1
+
+
+def test_cli_errors_are_one_line(tiny_files, tmp_path, monkeypatch, capsys):
+    (model_a, _), csv = tiny_files
+    code, _, err = _cli(monkeypatch, capsys, "heads", "importance", "--model", model_a, "--data", csv,
+                        "--method", "bogus", "--out", tmp_path)  # fmt: skip
+    assert code == 2 and "unknown method 'bogus'" in err and "Traceback" not in err
+    code, _, err = _cli(monkeypatch, capsys, "heads", "correlate", "--models", model_a, "--out", tmp_path)
+    assert code == 2 and "at least two models" in err
+    code, _, err = _cli(monkeypatch, capsys, "heads", "importance", "--model", model_a, "--data",
+                        tmp_path / "missing.csv", "--out", tmp_path)  # fmt: skip
+    assert code == 2 and "no such file" in err

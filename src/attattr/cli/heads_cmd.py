@@ -80,7 +80,8 @@ def _default_data(loaded, data: str | None) -> str:
     raise InputError(f"model {loaded.model_id!r} has no recipe dataset; give --data")
 
 
-def _load_data(data: str, split: str, limit: int | None, pair_column: str | None):
+def _load_data(loaded, data: str, split: str, limit: int | None, pair_column: str | None):
+    """The split's first `limit` examples, labels expressed as the model's class indices."""
     from .. import data as data_mod
 
     kwargs: dict[str, Any] = {"limit": limit}
@@ -89,6 +90,9 @@ def _load_data(data: str, split: str, limit: int | None, pair_column: str | None
     dataset = data_mod.load_dataset(data, split, **kwargs)
     if len(dataset) == 0:
         raise InputError(f"{data} ({split}) has no examples")
+    dataset = data_mod.check_labels(dataset, loaded.label_names, num_labels=loaded.model.config.num_labels)
+    if any(x.label is None for x in dataset):
+        raise InputError(f"{data} ({split}) has examples without a label; head importance needs gold labels")
     return dataset
 
 
@@ -205,7 +209,7 @@ def importance_cmd(
     attr = _attr_options(steps, rule, fast)
     loaded = _load_model(model, json_out)
     data = _default_data(loaded, data)
-    dataset = _load_data(data, split, examples, pair_column) if method != "random" else []
+    dataset = _load_data(loaded, data, split, examples, pair_column) if method != "random" else []
     importance = _compute_importance(
         loaded,
         dataset,
@@ -271,7 +275,7 @@ def effectiveness_cmd(
     attr = _attr_options(steps, rule, fast)
     loaded = _load_model(model, json_out)
     data = _default_data(loaded, data)
-    dataset = _load_data(data, split, examples, pair_column)
+    dataset = _load_data(loaded, data, split, examples, pair_column)
     settings = {
         "kind": "effectiveness",
         "model_id": loaded.model_id,
@@ -334,11 +338,12 @@ def prune_cmd(
     data: DataOpt = None,
     split: Annotated[str, typer.Option("--split", help="Evaluation split (evaluated in full).")] = "dev",
     importance_split: Annotated[
-        str | None,
+        str,
         typer.Option(
-            "--importance-split", help="Split whose first N examples give the importance (default: --split)."
+            "--importance-split",
+            help="Split whose first N examples give the importance (default train: no overlap with --split).",
         ),
-    ] = None,
+    ] = "train",
     examples: Annotated[
         int, typer.Option("--examples", "-n", help="Importance from the first N examples.")
     ] = 200,
@@ -377,11 +382,10 @@ def prune_cmd(
     _check_count("--examples", examples)
     _check_count("--seeds", seeds)
     attr = _attr_options(steps, rule, fast)
-    importance_split = importance_split or split
     loaded = _load_model(model, json_out)
     data = _default_data(loaded, data)
-    imp_data = _load_data(data, importance_split, examples, pair_column)
-    eval_data = _load_data(data, split, eval_limit, pair_column)
+    imp_data = _load_data(loaded, data, importance_split, examples, pair_column)
+    eval_data = _load_data(loaded, data, split, eval_limit, pair_column)
 
     started = time.perf_counter()
     importances = {}
@@ -523,7 +527,7 @@ def correlate_cmd(
     files: list[str] = []
     for path in importance_files or []:
         imp = Importance.load(path)
-        label = str(imp.settings.get("model_id") or Path(path).stem)
+        label = _short(str(imp.settings.get("model") or imp.settings.get("model_id") or Path(path).stem))
         importances[_unique(label, importances)] = imp
     if data_names and len(data_names) != len(model_names):
         raise InputError(
@@ -536,8 +540,9 @@ def correlate_cmd(
     for i, name in enumerate(model_names):
         loaded = _load_model(name, json_out)
         dname = data_names[i] if data_names else _default_data(loaded, None)
-        dataset = _load_data(dname, split, examples, None) if method != "random" else []
-        folder = out / _safe(name)
+        dataset = _load_data(loaded, dname, split, examples, None) if method != "random" else []
+        label = _unique(_short(name), importances)
+        folder = out / _safe(label)
         imp = _compute_importance(
             loaded,
             dataset,
@@ -549,14 +554,14 @@ def correlate_cmd(
             eval_batch_size=eval_batch_size,
             attr=attr,
             quiet=json_out,
-            label=f"{name} ({method})",
+            label=f"{label} ({method})",
         )
         imp.settings["model"] = name
         files.append(str(imp.save(folder / f"importance-{method}.json")))
         files += [
-            str(f) for f in plot_importance(imp, folder / f"importance-{method}", title=f"{name}: {method}")
+            str(f) for f in plot_importance(imp, folder / f"importance-{method}", title=f"{label}: {method}")
         ]
-        importances[_unique(name, importances)] = imp
+        importances[label] = imp
         del loaded
     result = correlate(importances)
     result["method"] = method
@@ -585,6 +590,12 @@ def _unique(name: str, taken: dict) -> str:
     while label in taken:
         label, i = f"{name}-{i}", i + 1
     return label
+
+
+def _short(name: str) -> str:
+    """A label for figures: a recipe name as it is, a model directory by its own name."""
+    path = Path(name).expanduser()
+    return path.name if path.exists() and path.name else name
 
 
 def _safe(name: str) -> str:
