@@ -129,13 +129,10 @@ def write_outputs(attr, out: Path) -> list[Path]:
         pos, head = divmod(flat, imp.shape[1])
         layer = attr.layers[pos]
         written += attention_vs_attribution(attr, layer, head, out / f"head_L{layer}_H{head}")
-    try:
-        from ..report import write_report
+    from ..report import write_report
 
-        tree = attr.tree() if len(attr.layers) > 1 else None
-        written.append(write_report(out / "report.html", attribution=attr, tree=tree))
-    except ImportError:  # the report module is optional at this stage
-        pass
+    # the report builds the tree itself and explains in the page when it cannot
+    written.append(write_report(out, attribution=attr))
     return written
 
 
