@@ -1,3 +1,357 @@
-"""Commands: tree (filled in by its issue)."""
+"""Commands: `attattr tree TEXT` (one example's attribution tree) and `attattr tree stats` (SPEC §3).
 
-from .app import app  # noqa: F401
+`tree` is a group whose default command draws a tree, so that both `attattr tree "some text"` and
+`attattr tree stats --data ...` work: an argument that is not a sub-command name goes to the
+default command. (A text that is literally "stats" can be given as `attattr tree -- stats`.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from ..errors import InputError
+from .app import app
+from .common import console, print_json, progress_bar
+
+DEFAULT_COMMAND = "show"
+
+
+class _DefaultGroup(TyperGroup):
+    """Routes `attattr tree ARGS` to the default command unless ARGS starts with a sub-command."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        if not args or (args[0] in ctx.help_option_names and len(args) == 1):
+            args = [DEFAULT_COMMAND, "--help"]  # the default command's help mentions `stats` too
+        elif args[0] == "--":
+            args = [DEFAULT_COMMAND, *args]
+        elif args[0] not in self.commands:
+            args = [DEFAULT_COMMAND, *args]
+        return super().parse_args(ctx, args)
+
+
+class _DefaultContext(TyperCommand.context_class):  # typer's own Context (it vendors click)
+    @property
+    def command_path(self) -> str:  # usage reads "attattr tree [OPTIONS] [TEXT]", not "... tree show"
+        return self.parent.command_path if self.parent is not None else super().command_path
+
+
+class _DefaultCommand(TyperCommand):
+    context_class = _DefaultContext
+
+
+tree_app = typer.Typer(cls=_DefaultGroup, add_completion=False)
+app.add_typer(
+    tree_app,
+    name="tree",
+    help=(
+        "Attribution tree of a text (the paper's Algorithm 1), and tree analyses over a dataset.\n\n"
+        'Example:  attattr tree "a gorgeous, witty and deeply moving film" --out tree/\n\n'
+        "Example:  attattr tree stats --model minilm-rt --data rotten-tomatoes --examples 200 --out stats/"
+    ),
+)
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Recipe name or local model directory (default: minilm-rt)."),
+]
+ThresholdOpt = Annotated[
+    float,
+    typer.Option(
+        "--threshold", "-t", help="Keep connections whose normalised score exceeds this, in (0, 1]."
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")]
+StepsOpt = Annotated[int, typer.Option("--steps", help="Integration steps of the attribution.")]
+RuleOpt = Annotated[str, typer.Option("--rule", help="Integration rule of the attribution.")]
+ParentOpt = Annotated[
+    str,
+    typer.Option(
+        "--parent-choice",
+        help="'strongest' (a new token's parent: the strongest tree member at that layer) or 'authors' "
+        "(the authors' loop order). See docs/trees.md.",
+    ),
+]
+TargetOpt = Annotated[
+    str, typer.Option("--target", help="Class whose output is attributed: 'predicted' or a class index.")
+]
+
+
+def _target(value: str) -> str | int:
+    if value in ("predicted", "gold"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"--target must be 'predicted' or a class index, got {value!r}") from None
+
+
+def _load_model(name: str):
+    from .. import models
+
+    return models.load(name)
+
+
+def _check_attribution_matches(attr, loaded, path: Path) -> None:
+    """An attribution file must come from the model whose tokenizer we were given."""
+    if attr.model_id and loaded.model_id and attr.model_id != loaded.model_id:
+        raise InputError(
+            f"{path} was computed with model {attr.model_id!r}, not {loaded.model_id!r}; "
+            "leave out --model or give the model it was computed with"
+        )
+    tokens = loaded.tokenizer.convert_ids_to_tokens(list(attr.token_ids))
+    if list(tokens) != list(attr.tokens):
+        raise InputError(
+            f"{path} does not match the tokenizer of {loaded.model_id!r} "
+            "(its token ids decode to other tokens): it comes from a different model"
+        )
+
+
+@tree_app.command(DEFAULT_COMMAND, cls=_DefaultCommand, hidden=True)
+def tree_show(
+    text: Annotated[
+        str | None, typer.Argument(help="The text to explain (sentence A).", show_default=False)
+    ] = None,
+    pair: Annotated[
+        str | None, typer.Option("--pair", help="Second text of a sentence pair (sentence B).")
+    ] = None,
+    model: ModelOpt = None,
+    threshold: ThresholdOpt = 0.4,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Write tree.png, tree.svg, tree.json, tree.dot and the attributions."
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
+    steps: StepsOpt = 20,
+    rule: RuleOpt = "riemann-right",
+    target: TargetOpt = "predicted",
+    parent_choice: ParentOpt = "strongest",
+    attributions: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Build the tree from a saved attribution (a directory written by --out or `attattr explain`).",
+        ),
+    ] = None,
+) -> None:
+    """Attribution tree of one text: how information flows between tokens, layer by layer.
+
+    Prints the tree as indented text (each token with its children, the layer and normalised score
+    of each edge); --out also writes the drawing, JSON and DOT.
+
+    Example:  attattr tree "a gorgeous, witty and deeply moving film" --out tree/
+
+    Dataset analyses (size, depth, receptive field, edge faithfulness): attattr tree stats --help
+    """
+    from ..result import Attribution
+    from ..tree import PARENT_CHOICES, build_tree, check_threshold
+
+    threshold = check_threshold(threshold)
+    if parent_choice not in PARENT_CHOICES:
+        raise InputError(f"--parent-choice must be one of {', '.join(PARENT_CHOICES)}, got {parent_choice!r}")
+    if attributions is not None:
+        attr = Attribution.load(attributions)
+        if text is not None and text != attr.text:
+            raise InputError(f"the text given differs from the text of {attributions} ({attr.text!r})")
+        if model is not None:
+            _check_attribution_matches(attr, _load_model(model), attributions)
+    else:
+        if text is None or not text.strip():
+            raise InputError("text is empty: give the text to explain")
+        if pair is not None and not pair.strip():
+            raise InputError("pair text is empty")
+        from ..engine import attribute
+
+        loaded = _load_model(model or "minilm-rt")
+        attr = attribute(
+            loaded.model,
+            loaded.tokenizer,
+            text,
+            pair,
+            target=_target(target),
+            steps=steps,
+            rule=rule,
+            model_id=loaded.model_id,
+            label_names=loaded.label_names,
+        )
+    tree = build_tree(attr, threshold, parent_choice=parent_choice)
+
+    written: list[Path] = []
+    if out is not None:
+        from ..plots.tree import draw_tree
+
+        out.mkdir(parents=True, exist_ok=True)
+        from ..plots.style import save_figure
+
+        written += save_figure(draw_tree(tree), out / "tree")
+        (out / "tree.json").write_text(json.dumps(tree.to_json(), indent=1))
+        (out / "tree.dot").write_text(tree.to_dot())
+        written += [out / "tree.json", out / "tree.dot"]
+        if attributions is None or attributions.resolve() != out.resolve():
+            written.append(attr.save(out))
+
+    if json_out:
+        data = tree.to_json()
+        if written:
+            data["files"] = [str(p) for p in written]
+        print_json(data)
+        return
+    from ..tree import _title
+
+    heading = _title(tree)
+    console.print(f"{heading}  ·  {tree.summary()}" if heading else tree.summary(), markup=False)
+    console.print(tree.to_text(), markup=False)
+    left_out = [f"{t}" for i, t in enumerate(tree.tokens) if not tree.in_tree(i)]
+    if left_out:
+        console.print(f"not in the tree: {' '.join(left_out)}", style="dim", markup=False)
+    if written:
+        console.print(f"wrote {', '.join(str(p) for p in written)}", markup=False)
+
+
+def _ks(value: str) -> list[int]:
+    try:
+        ks = [int(x) for x in value.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise InputError(f"--ks must be comma-separated integers, got {value!r}") from None
+    if not ks or min(ks) < 0:
+        raise InputError(f"--ks must be non-negative integers, got {value!r}")
+    return ks
+
+
+def _default_data(loaded, data: str | None) -> str:
+    if data:
+        return data
+    recipe = getattr(loaded, "recipe", None)
+    for key in ("dataset", "data"):
+        value = recipe.get(key) if isinstance(recipe, dict) else getattr(recipe, key, None)
+        if isinstance(value, str) and value:
+            return value
+    raise InputError(f"model {loaded.model_id!r} has no recipe dataset; give --data")
+
+
+@tree_app.command("stats")
+def tree_stats_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (JSON, figures, run file).")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Recipe name or local model directory.")
+    ] = "minilm-rt",
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", "-d", help="Built-in dataset or a CSV/TSV/JSONL file (default: the recipe's own)."
+        ),
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="Split: train, dev or test.")] = "dev",
+    examples: Annotated[
+        int, typer.Option("--examples", "-n", help="Use the first N examples of the split.")
+    ] = 200,
+    threshold: ThresholdOpt = 0.4,
+    ks: Annotated[str, typer.Option("--ks", help="Numbers of zeroed connections k, comma-separated.")] = (
+        "0,1,2,5,10,20,50"
+    ),
+    seeds: Annotated[
+        int, typer.Option("--seeds", help="Random orders averaged for the random baseline.")
+    ] = 3,
+    faithfulness: Annotated[
+        bool, typer.Option("--faithfulness/--no-faithfulness", help="Run the edge-faithfulness curves.")
+    ] = True,
+    steps: StepsOpt = 20,
+    rule: RuleOpt = "riemann-right",
+    parent_choice: ParentOpt = "strongest",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per attribution pass.")] = 8,
+    text_column: Annotated[str, typer.Option("--text-column", help="Text column of a data file.")] = "text",
+    pair_column: Annotated[
+        str | None, typer.Option("--pair-column", help="Second-text column (sentence pairs).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Tree analyses over a dataset split: size and depth distributions, receptive field per layer,
+    and edge faithfulness (zeroing the top-k connections by attribution, by attention, at random).
+
+    Resumable: the per-example results go to OUT/tree_stats.jsonl as they finish.
+
+    Example:  attattr tree stats --model minilm-rt --data rotten-tomatoes --split dev --examples 200 --out stats/
+    """
+    from .. import data as data_module
+    from ..tree import check_threshold
+    from ..tree_stats import run_tree_stats, write_outputs
+
+    threshold = check_threshold(threshold)
+    k_values = _ks(ks)
+    if examples < 1:
+        raise InputError(f"--examples must be at least 1, got {examples}")
+    if seeds < 1:
+        raise InputError(f"--seeds must be at least 1, got {seeds}")
+    loaded = _load_model(model)
+    data_name = _default_data(loaded, data)
+    dataset = data_module.load_dataset(
+        data_name, split, text_column=text_column, pair_column=pair_column, limit=examples
+    )
+    items = list(dataset)[:examples]
+    settings = {"model": loaded.model_id, "data": data_name, "split": split}
+    with progress_bar("trees", len(items), quiet=json_out) as advance:
+        summary = run_tree_stats(
+            loaded.model,
+            loaded.tokenizer,
+            items,
+            threshold=threshold,
+            ks=k_values,
+            seeds=seeds,
+            faithfulness=faithfulness,
+            parent_choice=parent_choice,
+            out_dir=out,
+            settings=settings,
+            batch_size=batch_size,
+            on_example=advance,
+            steps=steps,
+            rule=rule,
+            model_id=loaded.model_id,
+            label_names=loaded.label_names,
+        )
+    title = f"{loaded.model_id} · {data_name} {split} · {summary['examples']} examples"
+    written = write_outputs(summary, out, title=title)
+    if json_out:
+        print_json({**summary, "files": [str(p) for p in written]})
+        return
+    _print_summary(summary, title)
+    console.print(f"wrote {', '.join(str(p) for p in written)}", markup=False)
+
+
+def _print_summary(summary: dict[str, Any], title: str) -> None:
+    from rich.table import Table
+
+    def fmt(x):
+        return "–" if x is None else f"{x:.2f}"
+
+    console.print(title, markup=False)
+    s, d, f = summary["size"], summary["depth"], summary["fraction_of_tokens_in_tree"]
+    console.print(
+        f"tree size: mean {fmt(s['mean'])}, median {fmt(s['median'])}, range {s['min']:.0f}–{s['max']:.0f} tokens; "
+        f"depth: mean {fmt(d['mean'])}, range {d['min']:.0f}–{d['max']:.0f}; "
+        f"share of tokens in the tree: {fmt(f['mean'])}",
+        markup=False,
+    )
+    table = Table(title="receptive field (tree edges)", title_justify="left")
+    table.add_column("layer", justify="right")
+    table.add_column("edges", justify="right")
+    table.add_column("mean |i − j|", justify="right")
+    for row in summary["receptive_field"]:
+        table.add_row(str(row["layer"]), str(row["edges"]), fmt(row["mean_distance"]))
+    console.print(table)
+    faith = summary.get("faithfulness")
+    if faith:
+        table = Table(
+            title="edge faithfulness: mean drop of F after zeroing k connections", title_justify="left"
+        )
+        table.add_column("k", justify="right")
+        for name in faith["methods"]:
+            table.add_column(name, justify="right")
+        for pos, k in enumerate(faith["k"]):
+            table.add_row(str(k), *[f"{c['mean_drop'][pos]:.4f}" for c in faith["methods"].values()])
+        console.print(table)
