@@ -165,7 +165,7 @@ def draw_tree(tree: AttributionTree, path: str | Path | None = None, *, title: s
     heading = title if title is not None else _title(tree)
     sub = f"attribution tree, threshold {tree.threshold:g}: {tree.size} of {n} tokens, depth {tree.depth}"
     if tree.model_id:
-        sub += f" · {tree.model_id}"
+        sub += f" · {_short_model(tree.model_id)}"
     ax.set_title(f"{heading}\n{sub}" if heading else sub, loc="left", fontsize=9.5, pad=22)
     if tree.message:
         ax.text(
@@ -190,6 +190,12 @@ def draw_tree(tree: AttributionTree, path: str | Path | None = None, *, title: s
     if path is not None:
         save_figure(fig, path)
     return fig
+
+
+def _short_model(model_id: str) -> str:
+    """A model directory's last two path parts (a recipe name or hub id is shown whole)."""
+    parts = Path(model_id).parts
+    return model_id if len(model_id) <= 40 or len(parts) <= 2 else "…/" + "/".join(parts[-2:])
 
 
 def _wrap(text: str, width: int) -> str:
