@@ -76,10 +76,10 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "minilm-imdb",
             "imdb",
-            "IMDB review polarity, reviews truncated to their first 256 tokens",
+            "IMDB review polarity (negative/positive), reviews truncated to their first 256 tokens",
             max_length=256,
             epochs=1,
-            train_examples=2400,
+            train_examples=2000,
             lr=1e-4,
             batch_size=16,
             expected_minutes=8,
@@ -89,10 +89,10 @@ RECIPES: dict[str, Recipe] = {
             "bbc-news",
             "BBC News topic (business, entertainment, politics, sports, tech), first 128 tokens",
             max_length=128,
-            epochs=2,
+            epochs=1,
             lr=1e-4,
             batch_size=16,
-            expected_minutes=5,
+            expected_minutes=4,
         ),
     )
 }
