@@ -104,7 +104,7 @@ def draw_tree(tree: AttributionTree, path: str | Path | None = None, *, title: s
             fontsize=7,
             rotation=25,
             color="#1b1b1b",
-            bbox=dict(boxstyle="round,pad=0.08", fc="white", ec="none", alpha=0.75),
+            bbox=dict(boxstyle="round,pad=0.08", fc="white", ec="none", alpha=0.85),
             zorder=5,
         )
     # each node's parent-edge score beside the node (one edge per node: labels never pile up)
