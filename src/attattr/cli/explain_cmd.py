@@ -147,7 +147,7 @@ def print_summary(attr, *, top: int, seconds: float) -> None:
         f"= {attr.output_value:.4f}; {attr.rule}, {attr.steps} steps, {attr.dtype}; {seconds:.1f} s"
     )
     imp = attr.head_importance()
-    heads = Table(title="most important heads (max attribution)", title_justify="left")
+    heads = Table(title="top heads (max attribution)", title_justify="left")
     heads.add_column("layer", justify="right")
     heads.add_column("head", justify="right")
     heads.add_column("importance", justify="right")
@@ -156,7 +156,7 @@ def print_summary(attr, *, top: int, seconds: float) -> None:
         heads.add_row(str(attr.layers[pos]), str(h), f"{float(imp[pos, h]):.4f}")
     console.print(heads)
     edges = Table(
-        title="strongest attributed connections (query token attends to key token)", title_justify="left"
+        title="top connections (query <- key)", title_justify="left"
     )
     for col in ("layer", "head", "query", "", "key", "score"):
         edges.add_column(col, justify="right" if col in ("layer", "head", "score") else "left")
@@ -170,7 +170,7 @@ def print_summary(attr, *, top: int, seconds: float) -> None:
             f"{e.score:.4f}",
         )
     console.print(edges)
-    comp = Table(title="completeness per layer: sum of scores vs F(A) - F(0*A)", title_justify="left")
+    comp = Table(title="completeness: sum of scores vs F(A) - F(0*A)", title_justify="left")
     for col in ("layer", "sum of scores", "F(A) - F(0)", "gap"):
         comp.add_column(col, justify="right")
     for row in attr.completeness_table():

@@ -54,14 +54,18 @@ def importance_grid(attr: Attribution, path: str | Path) -> list[Path]:
     ax.set_yticks(range(n_layers), [str(x) for x in attr.layers])
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title("head importance: max attribution score")
-    top = imp.max() or 1.0
+    top = float(np.abs(imp).max()) or 1.0
+    # annotate in a common power of ten so small scores stay readable
+    exponent = int(np.floor(np.log10(top)))
+    scale = 10.0**-exponent
+    unit = f" (values x 1e{exponent})" if exponent else ""
+    ax.set_title(f"head importance: max attribution score{unit}")
     for i in range(n_layers):
         for j in range(n_heads):
             ax.text(
                 j,
                 i,
-                f"{imp[i, j]:.2f}",
+                f"{imp[i, j] * scale:.1f}",
                 ha="center",
                 va="center",
                 fontsize=6,
