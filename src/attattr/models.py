@@ -361,12 +361,16 @@ def _from_pretrained(source: str, *, model_id: str, path: Path | None, local_onl
     n = int(model.config.num_labels)
     label_names = [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(n)]
     manifest = read_manifest(path) if path is not None else None
+    max_length = model_max_length(model, tokenizer)
+    trained_length = ((manifest or {}).get("settings") or {}).get("max_length")
+    if isinstance(trained_length, int) and 0 < trained_length < max_length:
+        max_length = trained_length  # a recipe copied elsewhere keeps the input length it was trained on
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         model_id=model_id,
         label_names=label_names,
-        max_length=model_max_length(model, tokenizer),
+        max_length=max_length,
         recipe=None,
         path=path,
         manifest=manifest,

@@ -173,6 +173,17 @@ def test_load_built_recipe(attattr_home):
     assert not rows["minilm-rt"]["built"] and rows["minilm-rt"]["dev_accuracy"] is None
 
 
+def test_recipe_directory_loaded_by_path_keeps_its_input_length(attattr_home):
+    directory = attattr_home / "models" / "minilm-bbc"
+    _fake_build(directory)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["settings"] = {"max_length": 40}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    loaded = load(directory)
+    assert loaded.model_id == str(directory.resolve()) and loaded.recipe is None
+    assert loaded.max_length == 40 and loaded.manifest["settings"]["max_length"] == 40
+
+
 def test_unbuilt_recipe_without_build():
     with pytest.raises(
         ModelError, match="recipe 'minilm-imdb' is not built; build it with: attattr train minilm-imdb"
