@@ -54,6 +54,7 @@ FORMAT = "attattr-patterns/1"
 TOP2_RATIO = 0.2  # the second pair joins the trigger when its score >= 0.2 x the first's (SPEC §4)
 MIN_TOKENS = 15  # inputs shorter than this (special tokens included) are skipped when mining
 MIN_SCORE = 0.02  # patterns whose score sum is lower are not used for the attack
+ORDERS = ("random", "first")  # which examples are mined: a seeded sample, or the first N
 
 _UNUSED = re.compile(r"^(\[unused\d+\]|<unused\d+>|\[PAD\d*\]|<extra_id_\d+>)$")
 _PIECE_MARKS = ("Ġ", "▁")  # byte-level BPE / SentencePiece word-start marks
@@ -298,6 +299,8 @@ def mining_settings(
     min_tokens: int,
     steps: int,
     rule: str,
+    order: str = "random",
+    seed: int = 0,
     model_id: str | None = None,
 ) -> dict[str, Any]:
     """What a mining run depends on; a resumed run must have the same (RunStore refuses otherwise)."""
@@ -308,6 +311,8 @@ def mining_settings(
         "dataset": getattr(dataset, "name", None),
         "split": getattr(dataset, "split", None),
         "examples": int(examples),
+        "order": order,
+        "seed": int(seed) if order == "random" else None,
         "min_tokens": int(min_tokens),
         "steps": int(steps),
         "rule": rule,
@@ -325,6 +330,8 @@ def mine_patterns(
     min_tokens: int = MIN_TOKENS,
     steps: int = 20,
     rule: str = "riemann-right",
+    order: str = "random",
+    seed: int = 0,
     batch_size: int = 8,
     store=None,
     progress: Callable[[int], None] | None = None,
@@ -332,8 +339,12 @@ def mine_patterns(
     label_names: list[str] | None = None,
     dtype: torch.dtype | None = None,
 ) -> MiningResult:
-    """Mine one pattern per example of the first `examples` examples of `dataset` (SPEC §4).
+    """Mine one pattern per example for `examples` examples of `dataset` (SPEC §4).
 
+    `order`: "random" (default) mines a seeded random sample of `examples` examples (kept in
+    dataset order), "first" the first `examples` examples. The paper took the first 500 of SST-2's
+    training set, whose order is already random; the built-in splits keep their source order, which
+    for Rotten Tomatoes and IMDB puts every positive example before every negative one.
     Inputs with fewer than `min_tokens` tokens (special tokens included) are skipped. `store`: a
     `RunStore` (or a path for one) that makes the run resumable: finished examples are read back,
     not computed again. `progress(n)` is called as examples finish (skipped ones included).
@@ -343,6 +354,8 @@ def mine_patterns(
 
     if examples < 1:
         raise InputError(f"examples must be >= 1, got {examples}")
+    if order not in ORDERS:
+        raise InputError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
     if min_tokens < 0:
         raise InputError(f"min_tokens must be >= 0, got {min_tokens}")
     model_id = model_id or _model_id(model)
@@ -354,11 +367,13 @@ def mine_patterns(
         min_tokens=min_tokens,
         steps=steps,
         rule=rule,
+        order=order,
+        seed=seed,
         model_id=model_id,
     )
     if store is not None and not isinstance(store, RunStore):
         store = RunStore(store, settings)
-    chosen = [dataset[i] for i in range(min(examples, len(dataset)))]
+    chosen = [dataset[i] for i in sample_indices(len(dataset), examples, order=order, seed=seed)]
     if not chosen:
         raise DataError("the dataset has no examples to mine")
     label_names = label_names or getattr(dataset, "label_names", None)
@@ -419,6 +434,14 @@ def mine_patterns(
     patterns = rank_patterns(patterns)
     skipped = sum(1 for r in ordered if r.get("skipped"))
     return MiningResult(patterns=patterns, considered=len(chosen), skipped=skipped, settings=settings)
+
+
+def sample_indices(size: int, examples: int, *, order: str = "random", seed: int = 0) -> list[int]:
+    """Indices of the examples to mine, in dataset order: the first `examples`, or a seeded sample."""
+    k = min(examples, size)
+    if order == "first":
+        return list(range(k))
+    return sorted(random.Random(seed).sample(range(size), k))
 
 
 def rank_patterns(patterns: Iterable[Pattern]) -> list[Pattern]:

@@ -440,6 +440,15 @@ def test_mine_patterns_with_engine_and_resume(tok, model, tmp_path, monkeypatch)
         T.mine_patterns(model, tok, data, examples=6, min_tokens=8, steps=5, store=run)
 
 
+def test_sample_indices():
+    assert T.sample_indices(10, 4, order="first") == [0, 1, 2, 3]
+    assert T.sample_indices(3, 5, order="first") == [0, 1, 2]
+    a = T.sample_indices(1000, 50, seed=0)
+    assert a == sorted(set(a)) and len(a) == 50 and a == T.sample_indices(1000, 50, seed=0)
+    assert a != T.sample_indices(1000, 50, seed=1) and a != list(range(50))
+    assert T.sample_indices(5, 9) == [0, 1, 2, 3, 4]
+
+
 def test_attack_end_to_end(tok, model):
     from attattr.inference import model_inputs
 
@@ -521,7 +530,7 @@ def test_cli_mine_and_attack(tok, model, tmp_path, monkeypatch, capsys):
     common = ["--model", model_dir, "--data", csv]
     code, out, err = _cli(
         monkeypatch, capsys, "triggers", "mine", *common, "--examples", 6, "--min-tokens", 8,
-        "--steps", 3, "--out", patterns, "--json",
+        "--order", "first", "--steps", 3, "--out", patterns, "--json",
     )  # fmt: skip
     assert code == 0, err
     summary = json.loads(out)

@@ -58,6 +58,11 @@ def mine(
     ] = 15,
     steps: Annotated[int, typer.Option("--steps", help="Integration steps.")] = 20,
     rule: Annotated[str, typer.Option("--rule", help="Integration rule.")] = "riemann-right",
+    order: Annotated[
+        str,
+        typer.Option("--order", help="Which examples: 'random' (a seeded sample, default) or 'first'."),
+    ] = "random",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random sample.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per attribution batch.")] = 8,
     pair_column: PairOpt = None,
     show: Annotated[int, typer.Option("--show", help="Patterns to print.")] = 10,
@@ -68,14 +73,17 @@ def mine(
     Example:  attattr triggers mine --model minilm-rt --data rotten-tomatoes --split train
     --examples 500 --out patterns.jsonl
 
-    The run resumes from `<out>.run.jsonl` when interrupted (same settings only).
+    By default a seeded random sample of the split is mined (--order first: its first N examples;
+    the built-in splits keep their source order, positives before negatives). The run resumes from
+    `<out>.run.jsonl` when interrupted (same settings only).
     """
     from ..runstore import RunStore
     from ..triggers import mine_patterns, mining_settings, write_patterns
 
     if examples < 1:
         raise InputError(f"--examples must be >= 1, got {examples}")
-    loaded, dataset = _load(model, data, split, examples, pair_column, quiet=json_out)
+    limit = examples if order == "first" else None
+    loaded, dataset = _load(model, data, split, limit, pair_column, quiet=json_out)
     settings = mining_settings(
         loaded.model,
         loaded.tokenizer,
@@ -84,6 +92,8 @@ def mine(
         min_tokens=min_tokens,
         steps=steps,
         rule=rule,
+        order=order,
+        seed=seed,
         model_id=loaded.model_id,
     )
     store = RunStore(_run_path(out), settings)
@@ -96,6 +106,8 @@ def mine(
             min_tokens=min_tokens,
             steps=steps,
             rule=rule,
+            order=order,
+            seed=seed,
             batch_size=batch_size,
             store=store,
             progress=advance,
