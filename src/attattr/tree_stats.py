@@ -354,6 +354,9 @@ def summarise(records: Sequence[dict[str, Any]], *, layers: Sequence[int], outpu
         "fraction_of_tokens_in_tree": _describe(fractions),
         "tokens": _describe([r["n"] for r in records]),
         "receptive_field": receptive,
+        # reference: the mean |i - j| of two distinct tokens drawn at random from the same input,
+        # (n + 1) / 3 for n tokens, averaged over examples
+        "random_pair_distance": float(np.mean([(r["n"] + 1) / 3 for r in records])) if records else None,
         "sizes": sizes,
         "depths": depths,
     }
@@ -408,7 +411,11 @@ def write_outputs(summary: dict[str, Any], out_dir: str | Path, *, title: str = 
     suffix = f" — {title}" if title else ""
     fig = plot_size_depth(summary["sizes"], summary["depths"], title=f"attribution trees{suffix}")
     written += save_figure(fig, out / "tree_size_depth")
-    fig = plot_receptive_field(summary["receptive_field"], title=f"receptive field of tree edges{suffix}")
+    fig = plot_receptive_field(
+        summary["receptive_field"],
+        title=f"receptive field of tree edges{suffix}",
+        reference=summary.get("random_pair_distance"),
+    )
     written += save_figure(fig, out / "receptive_field")
     if "faithfulness" in summary:
         fig = plot_faithfulness(summary["faithfulness"], title=f"edge faithfulness{suffix}")

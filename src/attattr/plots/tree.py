@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import colors as mcolors
 from matplotlib.patches import FancyArrowPatch
+from matplotlib.ticker import MaxNLocator
 
 from ..tree import AttributionTree, _title
 from .style import SEQUENTIAL, save_figure
@@ -215,6 +216,7 @@ def plot_size_depth(sizes: Sequence[int], depths: Sequence[int], path: str | Pat
             ax.hist(values, bins=bins, color="#2471a3", edgecolor="white")
             ax.axvline(values.mean(), color="#c0392b", lw=1.2, label=f"mean {values.mean():.2f}")
             ax.legend(frameon=False, fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(name)
         ax.set_ylabel("examples")
     if title:
@@ -225,15 +227,23 @@ def plot_size_depth(sizes: Sequence[int], depths: Sequence[int], path: str | Pat
     return fig
 
 
-def plot_receptive_field(per_layer: Sequence[dict[str, Any]], path: str | Path | None = None, *, title=""):
-    """Mean token distance |i - j| of tree edges per layer (bars), edge counts annotated."""
+def plot_receptive_field(
+    per_layer: Sequence[dict[str, Any]], path: str | Path | None = None, *, title="", reference=None
+):
+    """Mean token distance |i - j| of tree edges per layer (bars), edge counts annotated;
+    `reference` (e.g. the mean distance of random token pairs) as a dashed line."""
     fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(per_layer) + 2), 3))
     layers = [r["layer"] for r in per_layer]
     means = [r["mean_distance"] if r["mean_distance"] is not None else 0.0 for r in per_layer]
     errs = [r.get("sem") or 0.0 for r in per_layer]
     ax.bar(layers, means, yerr=errs, color="#2471a3", capsize=2)
-    for layer, m, r in zip(layers, means, per_layer, strict=True):
-        ax.text(layer, m, f"n={r['edges']}", ha="center", va="bottom", fontsize=7, color="#555555")
+    for layer, m, e, r in zip(layers, means, errs, per_layer, strict=True):
+        ax.text(layer, m + e, f"n={r['edges']}", ha="center", va="bottom", fontsize=7, color="#555555")
+    top = max([m + e for m, e in zip(means, errs, strict=True)] + [reference or 0.0])
+    ax.set_ylim(0, top * 1.15 + 0.5)
+    if reference is not None:
+        ax.axhline(reference, color="#c0392b", lw=1, ls="--", label=f"random token pairs ({reference:.1f})")
+        ax.legend(frameon=False, fontsize=7.5, loc="upper left")
     ax.set_xticks(layers)
     ax.set_xlabel("layer")
     ax.set_ylabel("mean |i − j| of tree edges")
