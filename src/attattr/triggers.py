@@ -894,16 +894,20 @@ def attack(
         raise InputError("the tokenizer's vocabulary has no usable control tokens")
 
     def correct(texts: list[str], pairs: list[str | None]) -> torch.Tensor:
+        # predict in order of length (less padding), then put the predictions back in place
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + len(pairs[i] or ""))
         probs = predict(
             model,
             tokenizer,
-            texts,
-            pairs if any(p is not None for p in pairs) else None,
+            [texts[i] for i in order],
+            [pairs[i] for i in order] if any(p is not None for p in pairs) else None,
             batch_size=batch_size,
             max_length=max_length,
             on_batch=progress,
         )
-        return probs.argmax(dim=-1) == labels
+        predicted = torch.empty(len(texts), dtype=torch.long)
+        predicted[torch.tensor(order, dtype=torch.long)] = probs.argmax(dim=-1)
+        return predicted == labels
 
     def accuracy(ok: torch.Tensor) -> list[float]:
         return [float(ok[labels == c].float().mean()) for c in classes] + [float(ok.float().mean())]

@@ -152,7 +152,7 @@ def attack_cmd(
     min_score: Annotated[float, typer.Option("--min-score", help="Minimum score sum of a pattern.")] = 0.02,
     seeds: Annotated[int, typer.Option("--seeds", help="Random-token control draws (seeds 0..N-1).")] = 5,
     limit: Annotated[
-        int | None, typer.Option("--limit", help="Evaluate on the first N examples only.")
+        int | None, typer.Option("--limit", help="Evaluate on a seeded random sample of N examples.")
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prediction batch size.")] = 64,
     out: Annotated[
@@ -175,7 +175,14 @@ def attack_cmd(
 
     if seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {seeds}")
-    loaded, dataset = _load(model, data, split, limit, pair_column, quiet=json_out)
+    loaded, dataset = _load(model, data, split, None, pair_column, quiet=json_out)
+    if limit is not None:
+        from dataclasses import replace
+
+        from ..triggers import sample_indices
+
+        # a seeded sample, not the first N: built-in splits are ordered by label
+        dataset = replace(dataset, examples=[dataset[i] for i in sample_indices(len(dataset), limit)])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pfile = load_patterns(
@@ -220,16 +227,26 @@ def attack_cmd(
         for c, a, n in zip(report.classes, report.before, report.class_sizes, strict=True)
     )
     console.print(f"accuracy before: {before}; all {report.before_overall:.3f}")
-    table = Table(title="trigger attack (accuracy per gold class: before → trigger | control mean ± std)")
-    for col in ("#", "trigger", "from", *report.classes, "drop − control", "adversarial"):
+    table = Table(
+        title="trigger attack: accuracy per gold class, before → with trigger; control = random tokens "
+        "at the same places (mean ± std over seeds); margin = trigger drop − control drop"
+    )
+    for col in ("#", "trigger", "from", "layer-head", "score", *report.classes, "adversarial"):
         table.add_column(col)
     for r in report.results:
         cells = [
-            f"{c.before:.3f} → {c.after:.3f} | {c.control_mean:.3f}±{c.control_std:.3f}" for c in r.per_class
+            f"{c.before:.3f} → {c.after:.3f}\ncontrol {c.control_mean:.3f} ± {c.control_std:.3f}\n"
+            f"margin {c.margin:+.3f}{' *' if c.adversarial else ''}"
+            for c in r.per_class
         ]
-        margins = " ".join(f"{c.name}:{c.margin:+.3f}" for c in r.per_class)
         table.add_row(
-            str(r.rank), " ".join(r.trigger), r.source_name, *cells, margins, "yes" if r.adversarial else "no"
+            str(r.rank),
+            " ".join(r.trigger),
+            r.source_name,
+            f"{r.layer}-{r.head}",
+            f"{r.score:.3f}",
+            *cells,
+            "yes" if r.adversarial else "no",
         )
     console.print(table)
     console.print(
