@@ -57,6 +57,7 @@ MIN_SCORE = 0.02  # patterns whose score sum is lower are not used for the attac
 ORDERS = ("random", "first")  # which examples are mined: a seeded sample, or the first N
 
 _UNUSED = re.compile(r"^(\[unused\d+\]|<unused\d+>|\[PAD\d*\]|<extra_id_\d+>)$")
+_UNKNOWN = {"[UNK]", "<unk>", "<UNK>"}  # flagged special by the engine, but not separators
 _PIECE_MARKS = ("Ġ", "▁")  # byte-level BPE / SentencePiece word-start marks
 
 
@@ -184,7 +185,7 @@ def mine_pattern(attribution: Attribution, tokenizer=None) -> Pattern | None:
         head=int(h),
         pairs=pairs,
         tokens=tokens,
-        segment_boundary=segment_boundary(attribution.special_mask),
+        segment_boundary=segment_boundary(attribution.special_mask, attribution.tokens),
         predicted=int(attribution.predicted),
         predicted_name=attribution.label_name(int(attribution.predicted)),
         label=attribution.label,
@@ -194,10 +195,11 @@ def mine_pattern(attribution: Attribution, tokenizer=None) -> Pattern | None:
     )
 
 
-def segment_boundary(special_mask: Sequence[bool]) -> int:
-    """Index of the first separator: the first special token after position 0 (n if none)."""
+def segment_boundary(special_mask: Sequence[bool], tokens: Sequence[str] | None = None) -> int:
+    """Index of the first separator: the first special token after position 0 that is not the
+    unknown-word token (n if none)."""
     for i, special in enumerate(special_mask):
-        if i > 0 and special:
+        if i > 0 and special and (tokens is None or tokens[i] not in _UNKNOWN):
             return i
     return len(special_mask)
 
@@ -212,7 +214,7 @@ def _source_words(attr: Attribution, tokenizer) -> list[PatternToken]:
     # From the pieces alone: a piece starts a new word unless it is a continuation (`##x`), or,
     # for byte-level BPE / SentencePiece vocabularies, unless it lacks the word-start mark.
     marked = any(t.startswith(_PIECE_MARKS) for t in attr.tokens)
-    boundary = segment_boundary(attr.special_mask)
+    boundary = segment_boundary(attr.special_mask, attr.tokens)
     segments = [0 if i <= boundary else 1 for i in range(n)]
     if attr.segment_ids and len(set(attr.segment_ids)) > 1:
         segments = [int(s) for s in attr.segment_ids]
@@ -221,10 +223,12 @@ def _source_words(attr: Attribution, tokenizer) -> list[PatternToken]:
     counter = {0: -1, 1: -1}
     previous_special = True
     for i, tok in enumerate(attr.tokens):
+        seg = segments[i]
         if attr.special_mask[i]:
+            if tok in _UNKNOWN:  # an unknown word is still a word of the text (never inserted)
+                counter[seg] += 1
             previous_special = True
             continue
-        seg = segments[i]
         starts = (
             previous_special
             or (marked and tok.startswith(_PIECE_MARKS))
@@ -272,7 +276,7 @@ def _words_from_offsets(attr: Attribution, tokenizer) -> list[PatternToken] | No
     for i in range(n):
         s, w = seq_ids[i], word_ids[i]
         special = bool(attr.special_mask[i]) or s is None or w is None
-        seg = s if s is not None else (0 if i <= segment_boundary(attr.special_mask) else 1)
+        seg = s if s is not None else (0 if i <= segment_boundary(attr.special_mask, attr.tokens) else 1)
         if special:
             out.append(PatternToken(i, attr.tokens[i], True, seg, attr.tokens[i], -1, len(order[seg])))
             continue

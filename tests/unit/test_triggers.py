@@ -79,7 +79,7 @@ def make_attribution(tok, text, pair=None, *, layers=(0, 1, 2), heads=4, predict
     n = len(ids)
     tokens = tok.convert_ids_to_tokens(ids)
     seq = enc.sequence_ids()
-    special = [s is None for s in seq]
+    special = [i in set(tok.all_special_ids) for i in ids]  # as the engine: [UNK] counts as special
     segs = [0 if (s is None and i <= tokens.index("[SEP]")) or s == 0 else 1 for i, s in enumerate(seq)]
     g = torch.Generator().manual_seed(seed)
     scores = (torch.rand(len(layers), heads, n, n, generator=g) - 0.5) * 0.02  # |x| <= 0.01
@@ -167,6 +167,22 @@ def test_mine_pattern_pairs_segments(tok):
     cat, dog = p.token(sep + 2), p.token(2)
     assert (cat.word, cat.segment, cat.word_index, cat.segment_words) == ("cat", 1, 1, 4)
     assert (dog.word, dog.segment, dog.word_index, dog.segment_words) == ("dog", 0, 1, 3)
+
+
+def test_unknown_word_is_not_a_separator_nor_inserted(tok):
+    attr = make_attribution(tok, "the dog % sat", "a cat")
+    assert attr.tokens[3] == "[UNK]" and attr.special_mask[3]
+    attr.scores[0, 1, 3, 2] = 0.8  # [UNK] -> dog
+    attr.scores[0, 1, 4, 3] = 0.7  # sat -> [UNK]
+    p = T.mine_pattern(attr, tok)
+    assert p.segment_boundary == 5 == attr.tokens.index("[SEP]")
+    assert [w.word for w in T.trigger_tokens(p)] == ["dog", "sat"]
+    assert p.token(4).word_index == 3 and p.token(4).segment_words == 4  # "%" is a word of segment A
+    attr_plain = make_attribution(tok, "the dog % sat", "a cat")
+    attr_plain.scores.copy_(attr.scores)
+    q = T.mine_pattern(attr_plain, None)  # rebuilt from pieces: same boundary and words
+    assert q.segment_boundary == 5 and [w.word for w in T.trigger_tokens(q)] == ["dog", "sat"]
+    assert (q.token(4).word_index, q.token(4).segment_words) == (3, 4)
 
 
 def test_mine_pattern_nothing_to_mine(tok):
