@@ -31,7 +31,9 @@ from .runstore import RunStore
 from .tree import AttributionTree, build_tree, check_threshold
 
 DEFAULT_KS = (0, 1, 2, 5, 10, 20, 50)
-METHODS = ("attribution", "attention", "random")
+# "-nonroot": the same ranking restricted to connections outside the root's query row, i.e. to the
+# connections attribution trees are built from (the root row holds most of the top attributions)
+METHODS = ("attribution", "attention", "random", "attribution-nonroot", "attention-nonroot")
 RUN_FILE = "tree_stats.jsonl"
 SUMMARY_FILE = "tree_stats.json"
 # gate tensors per pass stay under this many bytes ([rows, heads, n, n] float32 per layer)
@@ -78,10 +80,10 @@ def rankings(
     random: one permutation per seed (seeded by the seed and `salt`, e.g. the example id)."""
     out: dict[str, list[np.ndarray]] = {}
     for method in methods:
-        if method == "attribution":
-            out[method] = [_descending(attr.scores)]
-        elif method == "attention":
-            out[method] = [_descending(attr.attentions)]
+        if method in ("attribution", "attribution-nonroot"):
+            out[method] = [_descending(attr.scores, skip_root_row=method.endswith("nonroot"))]
+        elif method in ("attention", "attention-nonroot"):
+            out[method] = [_descending(attr.attentions, skip_root_row=method.endswith("nonroot"))]
         elif method == "random":
             total = attr.scores.numel()
             out[method] = [
@@ -93,9 +95,15 @@ def rankings(
     return out
 
 
-def _descending(values: torch.Tensor) -> np.ndarray:
-    flat = values.detach().flatten().double().cpu().numpy()
-    return np.argsort(-flat, kind="stable")
+def _descending(values: torch.Tensor, *, skip_root_row: bool = False, root: int = 0) -> np.ndarray:
+    """Flat indices of `values` [layers, heads, n, n], largest first (root-row entries left out)."""
+    values = values.detach().double().cpu()
+    order = np.argsort(-values.flatten().numpy(), kind="stable")
+    if skip_root_row:
+        n = values.shape[-1]
+        query = (order // n) % n
+        order = order[query != root]
+    return order
 
 
 @torch.no_grad()
@@ -204,6 +212,7 @@ def run_tree_stats(
     ks: Sequence[int] = DEFAULT_KS,
     seeds: int = 3,
     faithfulness: bool = True,
+    methods: Sequence[str] = METHODS,
     parent_choice: str = "strongest",
     out_dir: str | Path | None = None,
     settings: dict[str, Any] | None = None,
@@ -223,6 +232,11 @@ def run_tree_stats(
     ks = _check_ks(ks)
     if not isinstance(seeds, int) or seeds < 1:
         raise InputError(f"seeds must be a positive integer, got {seeds!r}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise InputError(
+            f"unknown connection ranking {unknown or methods!r}; choose from {', '.join(METHODS)}"
+        )
     items = [_as_example(x, i) for i, x in enumerate(examples)]
     if not items:
         raise InputError("no examples to analyse")
@@ -234,6 +248,7 @@ def run_tree_stats(
         "ks": ks,
         "seeds": seeds,
         "faithfulness": faithfulness,
+        "methods": list(methods) if faithfulness else [],
         "parent_choice": parent_choice,
         **{
             k: (str(v) if not isinstance(v, int | float | str | bool | type(None)) else v)
@@ -249,7 +264,9 @@ def run_tree_stats(
         for attr in attribute_many(model, tokenizer, pending, batch_size=batch_size, **attr_options):
             tree = build_tree(attr, threshold, parent_choice=parent_choice)
             faith = (
-                connection_faithfulness(model, tokenizer, attr, ks=ks, seeds=seeds, salt=str(attr.example_id))
+                connection_faithfulness(
+                    model, tokenizer, attr, ks=ks, seeds=seeds, methods=methods, salt=str(attr.example_id)
+                )
                 if faithfulness
                 else None
             )

@@ -62,5 +62,5 @@ def test_tree_stats_on_minilm(quick_rt_home, run_cli, monkeypatch, tmp_path):
     summary = json.loads(stdout)
     assert summary["examples"] == 4 and len(summary["receptive_field"]) == 6
     curves = summary["faithfulness"]["methods"]
-    assert set(curves) == {"attribution", "attention", "random"}
+    assert set(curves) == {"attribution", "attention", "random", "attribution-nonroot", "attention-nonroot"}
     assert all(np.isfinite(c["mean_drop"]).all() for c in curves.values())

@@ -139,6 +139,24 @@ def test_faithfulness_curves_against_direct_computation(tiny):
     assert other["methods"]["random"] != faith["methods"]["random"]
 
 
+def test_rankings_outside_the_root_row(tiny):
+    model, tok = tiny
+    attr = attattr.attribute(model, tok, TEXTS[1], steps=2)
+    L, H, n, _ = attr.scores.shape
+    orders = tree_stats.rankings(attr, seeds=1)
+    for name, values in (("attribution", attr.scores), ("attention", attr.attentions)):
+        full, nonroot = orders[name][0], orders[f"{name}-nonroot"][0]
+        assert len(full) == L * H * n * n and len(nonroot) == L * H * (n - 1) * n
+        rows = (nonroot // n) % n
+        assert (rows != 0).all()
+        # the same order as the full ranking with the root row's entries taken out
+        assert nonroot.tolist() == [i for i in full.tolist() if (i // n) % n != 0]
+        flat = values.flatten()
+        assert (flat[nonroot[:-1]] >= flat[nonroot[1:]]).all()
+    with pytest.raises(InputError, match="unknown connection ranking"):
+        run_tree_stats(model, tok, TEXTS, methods=["saliency"])
+
+
 def test_faithfulness_refuses_an_attribution_from_another_tokenizer(tiny):
     model, tok = tiny
     attr = attattr.attribute(model, tok, TEXTS[0], steps=2)
@@ -165,7 +183,7 @@ def test_dataset_run_summary_and_resume(tiny, tmp_path, monkeypatch):
         if d:
             assert row["mean_distance"] == pytest.approx(np.mean(d))
     curves = summary["faithfulness"]
-    assert curves["k"] == [0, 1, 2, 5] and set(curves["methods"]) == {"attribution", "attention", "random"}
+    assert curves["k"] == [0, 1, 2, 5] and set(curves["methods"]) == set(tree_stats.METHODS)
     for c in curves["methods"].values():
         assert c["mean_drop"][0] == pytest.approx(0.0, abs=1e-9)
         assert len(c["mean_relative_drop"]) == 4

@@ -261,6 +261,14 @@ def tree_stats_cmd(
     faithfulness: Annotated[
         bool, typer.Option("--faithfulness/--no-faithfulness", help="Run the edge-faithfulness curves.")
     ] = True,
+    methods: Annotated[
+        str,
+        typer.Option(
+            "--methods",
+            help="Connection rankings for faithfulness, comma-separated: attribution, attention, random, "
+            "attribution-nonroot, attention-nonroot (the last two leave out the root's query row).",
+        ),
+    ] = "attribution,attention,random,attribution-nonroot,attention-nonroot",
     steps: StepsOpt = 20,
     rule: RuleOpt = "riemann-right",
     parent_choice: ParentOpt = "strongest",
@@ -304,6 +312,7 @@ def tree_stats_cmd(
             ks=k_values,
             seeds=seeds,
             faithfulness=faithfulness,
+            methods=[m.strip() for m in methods.split(",") if m.strip()],
             parent_choice=parent_choice,
             out_dir=out,
             settings=settings,

@@ -23,7 +23,13 @@ from .style import SEQUENTIAL, save_figure
 FADED = "#b0b0b0"
 ROOT_COLOUR = "#444444"
 TOP_COLOUR = "#c0392b"
-METHOD_COLOURS = {"attribution": "#c0392b", "attention": "#2471a3", "random": "#7f8c8d"}
+METHOD_COLOURS = {
+    "attribution": "#c0392b",
+    "attention": "#2471a3",
+    "random": "#7f8c8d",
+    "attribution-nonroot": "#e67e22",
+    "attention-nonroot": "#5dade2",
+}
 
 
 def _short(token: str, limit: int = 14) -> str:
@@ -265,7 +271,9 @@ def plot_faithfulness(curves: dict[str, Any], path: str | Path | None = None, *,
         mean = np.asarray(c[key], dtype=float)
         sem = np.asarray(c.get("sem_relative_drop" if relative else "sem_drop", [0] * len(ks)), dtype=float)
         colour = METHOD_COLOURS.get(name)
-        ax.plot(ks, mean, marker="o", ms=3.5, label=name, color=colour)
+        style = "--" if name.endswith("nonroot") else "-"
+        label = name.replace("-nonroot", ", outside the root row")
+        ax.plot(ks, mean, marker="o", ms=3.5, label=label, color=colour, ls=style)
         ax.fill_between(ks, mean - sem, mean + sem, color=colour, alpha=0.15, lw=0)
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xticks(ks)
