@@ -53,13 +53,14 @@ def plot_attack(report, path: str | Path, *, columns: int = 3) -> list[Path]:
     for k in range(len(results), rows * cols):
         axes[k // cols][k % cols].axis("off")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 1.04))
+    fig.tight_layout(rect=(0, 0.04, 1, 0.92))
+    fig.legend(handles, labels, loc="upper center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 1.0))
     fig.text(
         0.5,
-        -0.02,
-        "gold class of the evaluation examples; * = trigger drop beats the random-token control",
+        0.0,
+        "gold class of the evaluation examples; error bars: control std over seeds; "
+        "* = the trigger's drop beats the random-token control",
         ha="center",
         fontsize=7,
     )
-    fig.tight_layout()
     return save_figure(fig, path)
