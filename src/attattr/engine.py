@@ -14,6 +14,7 @@ attribution. What makes it fast without changing a number:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -212,7 +213,7 @@ def _attribute_batch(
     bsz, n = mask.shape
     clean = torch.arange(bsz, device=device)
 
-    with AttentionHook(model, record=True) as hook:
+    with AttentionHook(model, record=True) as hook, _frozen(model):
         # Reference pass, no gradients: A for every layer, F(A), and F(0 * A^l) for every target layer.
         hook.reset()
         rows = bsz
@@ -392,6 +393,21 @@ def bf16_is_fast(device: torch.device) -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+@contextlib.contextmanager
+def _frozen(model) -> Iterator[None]:
+    """No parameter requires a gradient while attributing: autograd then keeps only what the
+    gradients of the attention leaves need (not the inputs of every linear layer), and the layers
+    below the first target layer of a pass build no graph."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
