@@ -250,10 +250,7 @@ def run_tree_stats(
         "faithfulness": faithfulness,
         "methods": list(methods) if faithfulness else [],
         "parent_choice": parent_choice,
-        **{
-            k: (str(v) if not isinstance(v, int | float | str | bool | type(None)) else v)
-            for k, v in attr_options.items()
-        },
+        **{k: _plain_setting(v) for k, v in attr_options.items()},
         **(settings or {}),
     }
     store = RunStore(Path(out_dir) / RUN_FILE, run_settings) if out_dir is not None else _MemoryStore()
@@ -278,6 +275,15 @@ def run_tree_stats(
     summary = summarise(records, layers=num_layers, output=attr_options.get("output", "prob"))
     summary["settings"] = run_settings
     return summary
+
+
+def _plain_setting(value):
+    """A JSON-able form of an attribution option (dtypes and other objects as text)."""
+    if isinstance(value, int | float | str | bool | type(None)):
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain_setting(v) for v in value]
+    return str(value)
 
 
 def _num_layers(model, layers) -> list[int]:
