@@ -230,6 +230,23 @@ def _check_labels(model, examples: list[_Ex]) -> None:
         )
 
 
+def select_examples(examples: Sequence, count: int | None, *, seed: int | None = 0) -> list:
+    """`count` examples of a split: a seeded random sample kept in split order (seed=None: the first
+    `count`). The built-in splits list examples in source order, which is sorted by label, so the
+    first N of a split can all have the same label."""
+    items = list(examples)
+    if count is None or count >= len(items):
+        return items
+    if count < 0:
+        raise InputError(f"the number of examples must be >= 0, got {count}")
+    if seed is None:
+        return items[:count]
+    import random
+
+    chosen = sorted(random.Random(int(seed)).sample(range(len(items)), count))
+    return [items[i] for i in chosen]
+
+
 def plan_batches(tokenizer, examples: Sequence[_Ex], batch_size: int) -> list[list[int]]:
     """Deterministic batches (indices into `examples`): inside consecutive windows of
     `batch_size * WINDOW_BATCHES` examples, sorted by token count, cut into `batch_size` pieces."""

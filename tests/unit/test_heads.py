@@ -271,6 +271,18 @@ def test_attattr_and_attention_importance_are_means_of_per_example_maxima():
     assert imp.example_ids == [x.id for x in exs]
 
 
+def test_select_examples_samples_across_a_label_sorted_split():
+    items = [Ex(str(i), "the cat", None, int(i >= 50)) for i in range(100)]  # sorted by label
+    first = heads.select_examples(items, 20, seed=None)
+    sample = heads.select_examples(items, 20, seed=0)
+    assert [x.id for x in first] == [str(i) for i in range(20)]
+    assert len({x.id for x in sample}) == 20 and {x.label for x in sample} == {0, 1}
+    assert [int(x.id) for x in sample] == sorted(int(x.id) for x in sample)  # split order kept
+    assert [x.id for x in heads.select_examples(items, 20, seed=0)] == [x.id for x in sample]
+    assert [x.id for x in heads.select_examples(items, 20, seed=1)] != [x.id for x in sample]
+    assert len(heads.select_examples(items, 500)) == 100
+
+
 def test_random_importance_is_seeded():
     model = tiny_model("bert", layers=LAYERS, heads=HEADS)
     a = heads.head_importance(model, None, None, "random", seed=3)

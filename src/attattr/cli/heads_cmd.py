@@ -45,6 +45,15 @@ FastOpt = Annotated[
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Examples per attribution / gradient pass.")]
 EvalBatchOpt = Annotated[int, typer.Option("--eval-batch-size", help="Examples per prediction pass.")]
 PairOpt = Annotated[str | None, typer.Option("--pair-column", help="Second-text column (sentence pairs).")]
+FirstOpt = Annotated[
+    bool,
+    typer.Option(
+        "--first",
+        help="Take the first N examples of the split instead of a seeded random sample "
+        "(the built-in splits are in source order, sorted by label).",
+    ),
+]
+SampleSeedOpt = Annotated[int, typer.Option("--sample-seed", help="Seed of the random sample of examples.")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,11 +94,15 @@ def _default_data(loaded, data: str | None) -> str:
     raise InputError(f"model {loaded.model_id!r} has no recipe dataset; give --data")
 
 
-def _load_data(loaded, data: str, split: str, limit: int | None, pair_column: str | None):
-    """The split's first `limit` examples, labels expressed as the model's class indices."""
+def _load_data(
+    loaded, data: str, split: str, count: int | None, pair_column: str | None, sample_seed: int | None
+):
+    """`count` examples of the split (a seeded sample, or the first ones when sample_seed is None),
+    labels expressed as the model's class indices."""
     from .. import data as data_mod
+    from ..heads import select_examples
 
-    kwargs: dict[str, Any] = {"limit": limit}
+    kwargs: dict[str, Any] = {"limit": count if sample_seed is None else None}
     if pair_column:
         kwargs["pair_column"] = pair_column
     dataset = data_mod.load_dataset(data, split, **kwargs)
@@ -98,7 +111,15 @@ def _load_data(loaded, data: str, split: str, limit: int | None, pair_column: st
     dataset = data_mod.check_labels(dataset, loaded.label_names, num_labels=loaded.model.config.num_labels)
     if any(x.label is None for x in dataset):
         raise InputError(f"{data} ({split}) has examples without a label; head importance needs gold labels")
-    return dataset
+    return select_examples(dataset, count, seed=sample_seed)
+
+
+def _seed(first: bool, sample_seed: int) -> int | None:
+    return None if first else sample_seed
+
+
+def _sample_label(first: bool, sample_seed: int) -> str:
+    return "first" if first else f"random(seed={sample_seed})"
 
 
 def _check_count(name: str, value: int) -> None:
@@ -130,6 +151,7 @@ def _compute_importance(
     seed: int = 0,
     quiet: bool,
     label: str | None = None,
+    sample: str = "first",
 ):
     """One importance method over `dataset`, resumable from out/runs/importance-<method>.jsonl."""
     from ..heads import head_importance
@@ -141,6 +163,7 @@ def _compute_importance(
         "model_id": loaded.model_id,
         "data": data,
         "split": split,
+        "sample": sample,
         "examples": [x.id for x in dataset] if method != "random" else [],
         "batch_size": batch_size,
     }
@@ -195,6 +218,8 @@ def importance_cmd(
     batch_size: BatchOpt = 8,
     eval_batch_size: EvalBatchOpt = 64,
     pair_column: PairOpt = None,
+    first: FirstOpt = False,
+    sample_seed: SampleSeedOpt = 0,
     json_out: JsonOpt = False,
 ) -> None:
     """Importance of every head over the first N examples of a split: JSON and a heatmap.
@@ -214,7 +239,11 @@ def importance_cmd(
     attr = _attr_options(steps, rule, fast)
     loaded = _load_model(model, json_out)
     data = _default_data(loaded, data)
-    dataset = _load_data(loaded, data, split, examples, pair_column) if method != "random" else []
+    dataset = (
+        _load_data(loaded, data, split, examples, pair_column, _seed(first, sample_seed))
+        if method != "random"
+        else []
+    )
     importance = _compute_importance(
         loaded,
         dataset,
@@ -227,6 +256,7 @@ def importance_cmd(
         attr=attr,
         seed=seed,
         quiet=json_out,
+        sample=_sample_label(first, sample_seed),
     )
     path = importance.save(out / f"importance-{method}.json")
     figures = plot_importance(importance, out / f"importance-{method}")
@@ -261,6 +291,8 @@ def effectiveness_cmd(
     batch_size: BatchOpt = 8,
     eval_batch_size: EvalBatchOpt = 64,
     pair_column: PairOpt = None,
+    first: FirstOpt = False,
+    sample_seed: SampleSeedOpt = 0,
     json_out: JsonOpt = False,
 ) -> None:
     """Prune each example's own least/most important heads: attribution vs attention (Fig. 2).
@@ -280,12 +312,13 @@ def effectiveness_cmd(
     attr = _attr_options(steps, rule, fast)
     loaded = _load_model(model, json_out)
     data = _default_data(loaded, data)
-    dataset = _load_data(loaded, data, split, examples, pair_column)
+    dataset = _load_data(loaded, data, split, examples, pair_column, _seed(first, sample_seed))
     settings = {
         "kind": "effectiveness",
         "model_id": loaded.model_id,
         "data": data,
         "split": split,
+        "sample": _sample_label(first, sample_seed),
         "examples": [x.id for x in dataset],
         "step": step,
         "batch_size": batch_size,
@@ -305,7 +338,12 @@ def effectiveness_cmd(
             eval_batch_size=eval_batch_size,
             store=store,
             on_example=advance,
-            settings={"model_id": loaded.model_id, "data": data, "split": split},
+            settings={
+                "model_id": loaded.model_id,
+                "data": data,
+                "split": split,
+                "sample": _sample_label(first, sample_seed),
+            },
             **attr,
         )
     result["seconds"] = round(time.perf_counter() - started, 2)
@@ -366,6 +404,8 @@ def prune_cmd(
     batch_size: BatchOpt = 8,
     eval_batch_size: EvalBatchOpt = 64,
     pair_column: PairOpt = None,
+    first: FirstOpt = False,
+    sample_seed: SampleSeedOpt = 0,
     json_out: JsonOpt = False,
 ) -> None:
     """Prune 0, 10, ..., 100 % of heads, least important first, per importance method (Fig. 3).
@@ -389,8 +429,8 @@ def prune_cmd(
     attr = _attr_options(steps, rule, fast)
     loaded = _load_model(model, json_out)
     data = _default_data(loaded, data)
-    imp_data = _load_data(loaded, data, importance_split, examples, pair_column)
-    eval_data = _load_data(loaded, data, split, eval_limit, pair_column)
+    imp_data = _load_data(loaded, data, importance_split, examples, pair_column, _seed(first, sample_seed))
+    eval_data = _load_data(loaded, data, split, eval_limit, pair_column, _seed(first, sample_seed))
 
     started = time.perf_counter()
     importances = {}
@@ -409,6 +449,7 @@ def prune_cmd(
                 attr=attr,
                 seed=seed,
                 quiet=json_out,
+                sample=_sample_label(first, sample_seed),
             )
             if method == "random":
                 importances[f"random-{seed}"] = imp
@@ -447,6 +488,7 @@ def prune_cmd(
         "data": data,
         "split": split,
         "importance_split": importance_split,
+        "importance_sample": _sample_label(first, sample_seed),
         "importance_examples": len(imp_data),
         "seeds": seeds,
         "batch_size": batch_size,
@@ -509,6 +551,8 @@ def correlate_cmd(
     fast: FastOpt = False,
     batch_size: BatchOpt = 8,
     eval_batch_size: EvalBatchOpt = 64,
+    first: FirstOpt = False,
+    sample_seed: SampleSeedOpt = 0,
     json_out: JsonOpt = False,
 ) -> None:
     """Correlate head importance between models fine-tuned on different data (Fig. 4).
@@ -545,7 +589,11 @@ def correlate_cmd(
     for i, name in enumerate(model_names):
         loaded = _load_model(name, json_out)
         dname = data_names[i] if data_names else _default_data(loaded, None)
-        dataset = _load_data(loaded, dname, split, examples, None) if method != "random" else []
+        dataset = (
+            _load_data(loaded, dname, split, examples, None, _seed(first, sample_seed))
+            if method != "random"
+            else []
+        )
         label = _unique(_short(name), importances)
         folder = out / _safe(label)
         imp = _compute_importance(
@@ -560,6 +608,7 @@ def correlate_cmd(
             attr=attr,
             quiet=json_out,
             label=f"{label} ({method})",
+            sample=_sample_label(first, sample_seed),
         )
         imp.settings["model"] = name
         files.append(str(imp.save(folder / f"importance-{method}.json")))
