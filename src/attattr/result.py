@@ -132,11 +132,11 @@ class Attribution:
             return self.label_names[index]
         return str(index)
 
-    def tree(self, threshold: float = 0.4):
-        """The attribution tree of this example (the paper's Algorithm 1)."""
+    def tree(self, threshold: float = 0.4, **options):
+        """The attribution tree of this example (the paper's Algorithm 1); options go to `build_tree`."""
         from .tree import build_tree
 
-        return build_tree(self, threshold=threshold)
+        return build_tree(self, threshold=threshold, **options)
 
     # ---- files ---------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
