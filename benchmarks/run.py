@@ -484,7 +484,7 @@ def main() -> None:
         "--w1-reference-nodes", type=int, default=32, help="Gauss-Legendre reference of W1 (BERT-base)"
     )
     parser.add_argument(
-        "--reference-check-nodes", type=int, default=64, help="a smaller reference, to show convergence"
+        "--reference-check-nodes", type=int, default=32, help="a smaller reference, to show convergence"
     )
     parser.add_argument("--node-examples", type=int, default=8, help="dev sentences for the node study")
     parser.add_argument("--bf16-examples", type=int, default=50)
@@ -618,6 +618,10 @@ def main() -> None:
             keep=args.w3_baseline_examples,
             save=suite.path("w3-exact"),
         )
+
+    if "peak" in sections and not args.quick:  # again at the end: the best of both is the peak
+        for dtype in ("float32", "bfloat16"):
+            suite.run(f"peak-{dtype}-end", "peak", dtype=dtype, size=2048, reps=5)
 
     suite.results["machine"]["load_average_end"] = os.getloadavg()
     suite.results["total_seconds"] = suite.elapsed()
