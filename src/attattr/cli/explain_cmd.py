@@ -155,9 +155,7 @@ def print_summary(attr, *, top: int, seconds: float) -> None:
         pos, h = divmod(flat, imp.shape[1])
         heads.add_row(str(attr.layers[pos]), str(h), f"{float(imp[pos, h]):.4f}")
     console.print(heads)
-    edges = Table(
-        title="top connections (query <- key)", title_justify="left"
-    )
+    edges = Table(title="top connections (query <- key)", title_justify="left")
     for col in ("layer", "head", "query", "", "key", "score"):
         edges.add_column(col, justify="right" if col in ("layer", "head", "score") else "left")
     for e in attr.top_edges(top):
