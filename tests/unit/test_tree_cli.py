@@ -56,7 +56,15 @@ def test_tree_command_prints_and_writes_files(models, tmp_path, monkeypatch, cap
     assert code == 0, err
     assert stdout.splitlines()[0].startswith("prediction: ")
     assert "[CLS] #0  (root)" in stdout and "(top node" in stdout
-    for name in ("tree.png", "tree.svg", "tree.json", "tree.dot", "attributions.safetensors", "meta.json"):
+    for name in (
+        "tree.png",
+        "tree.svg",
+        "tree.json",
+        "tree.dot",
+        "attributions.safetensors",
+        "meta.json",
+        "report.html",
+    ):
         assert (out / name).stat().st_size > 0, name
     tree = AttributionTree.from_json(json.loads((out / "tree.json").read_text()))
     attr = Attribution.load(out)
@@ -130,7 +138,13 @@ def test_tree_stats_command(models, tmp_path, monkeypatch, capsys):
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["examples"] >= 1 and summary["faithfulness"]["k"] == [0, 1, 3]
-    for name in ("tree_stats.json", "tree_stats.jsonl", "faithfulness.png", "receptive_field.png"):
+    for name in (
+        "tree_stats.json",
+        "tree_stats.jsonl",
+        "faithfulness.png",
+        "receptive_field.png",
+        "report.html",
+    ):
         assert (out / name).stat().st_size > 0, name
     # a second run resumes (same numbers) and prints a text summary
     code, stdout, _ = _cli(monkeypatch, capsys, *args)

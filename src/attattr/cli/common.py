@@ -64,3 +64,14 @@ def progress_bar(description: str, total: int | None, *, quiet: bool = False):
 
 def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/yellow] {message}")
+
+
+def write_dataset_report(out, title: str, written, *, text: str = "", tables=()):
+    """report.html for a dataset command: its PNG figures and tables in one self-contained page."""
+    from pathlib import Path
+
+    from ..report import Section, write_report
+
+    images = [Path(p) for p in written if Path(p).suffix == ".png"]
+    section = Section(title=title, text=text, images=images, tables=list(tables))
+    return write_report(Path(out) / "report.html", title=title, sections=[section])

@@ -16,7 +16,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from ..errors import InputError
 from .app import app
-from .common import console, print_json, progress_bar
+from .common import console, print_json, progress_bar, write_dataset_report
 
 DEFAULT_COMMAND = "show"
 
@@ -195,6 +195,9 @@ def tree_show(
         written += [out / "tree.json", out / "tree.dot"]
         if attributions is None or attributions.resolve() != out.resolve():
             written.append(attr.save(out))
+        from ..report import write_report
+
+        written.append(write_report(out, attribution=attr, tree=tree))
 
     if json_out:
         data = tree.to_json()
@@ -325,6 +328,7 @@ def tree_stats_cmd(
         )
     title = f"{loaded.model_id} · {data_name} {split} · {summary['examples']} examples"
     written = write_outputs(summary, out, title=title)
+    written.append(write_dataset_report(out, f"attribution trees: {title}", written))
     if json_out:
         print_json({**summary, "files": [str(p) for p in written]})
         return
