@@ -394,6 +394,12 @@ def markdown(res: dict) -> str:
         )
     if "w1_captum_vs_paper_max_diff" in res:
         notes.append(f"Captum vs (a) on W1: max |diff| {res['w1_captum_vs_paper_max_diff']:.1e}.")
+    if nodes_rec := res["configs"].get("nodes"):
+        if not nodes_rec.get("failed"):
+            notes.append(
+                f"W3 errors are those of the node study (its {nodes_rec['examples']} sentences, "
+                f"{nodes_rec['reference_nodes']}-node reference)."
+            )
     if "w3_exact_vs_paper_max_diff" in res:
         notes.append(f"W3 attattr exact vs (a): max |diff| {res['w3_exact_vs_paper_max_diff']:.1e}.")
     if notes:
