@@ -49,7 +49,9 @@ def mine(
     model: ModelOpt = "minilm-rt",
     data: DataOpt = "rotten-tomatoes",
     split: Annotated[str, typer.Option("--split", help="Split to mine (the paper: train).")] = "train",
-    examples: Annotated[int, typer.Option("--examples", "-n", help="Mine the first N examples.")] = 500,
+    examples: Annotated[
+        int, typer.Option("--examples", "-n", help="How many examples to mine (see --order).")
+    ] = 500,
     out: Annotated[Path, typer.Option("--out", "-o", help="Patterns file to write (JSON Lines).")] = Path(
         "patterns.jsonl"
     ),
