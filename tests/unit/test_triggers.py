@@ -567,6 +567,7 @@ def test_cli_mine_and_attack(tok, model, tmp_path, monkeypatch, capsys):
     assert saved["before"] and all(0 <= a <= 1 for a in saved["before"])
     assert "before → after" in (attack_dir / "attack.md").read_text()
     assert (attack_dir / "attack.png").stat().st_size > 0 and (attack_dir / "attack.svg").exists()
+    assert "adversarial" in (attack_dir / "report.html").read_text()
     assert "accuracy before" in out and saved["results"][0]["trigger"][0] in out
 
     # bad input: --top too large, an empty file, another model's file -> one line, exit 2

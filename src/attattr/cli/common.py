@@ -73,5 +73,29 @@ def write_dataset_report(out, title: str, written, *, text: str = "", tables=())
     from ..report import Section, write_report
 
     images = [Path(p) for p in written if Path(p).suffix == ".png"]
-    section = Section(title=title, text=text, images=images, tables=list(tables))
+    text, found = _split_markdown_tables(text)
+    section = Section(title=title, text=text, images=images, tables=[*tables, *found])
     return write_report(Path(out) / "report.html", title=title, sections=[section])
+
+
+def _split_markdown_tables(text: str) -> tuple[str, list[list[dict[str, str]]]]:
+    """Pull `| a | b |` tables out of markdown text as row dicts; the rest stays text."""
+    kept, tables, block = [], [], []
+
+    def flush():
+        cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block]
+        body = [row for row in cells[1:] if not all(set(c) <= set("-: ") for c in row)]
+        if cells:
+            tables.append([dict(zip(cells[0], row, strict=False)) for row in body])
+        block.clear()
+
+    for line in text.splitlines():
+        if line.lstrip().startswith("|"):
+            block.append(line)
+            continue
+        if block:
+            flush()
+        kept.append(line)
+    if block:
+        flush()
+    return "\n".join(kept), tables

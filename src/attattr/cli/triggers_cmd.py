@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import InputError
 from .app import app
-from .common import console, print_json, progress_bar, warn
+from .common import console, print_json, progress_bar, warn, write_dataset_report
 
 triggers_app = typer.Typer(
     help=(
@@ -216,6 +216,7 @@ def attack_cmd(
     (out / "attack.json").write_text(json.dumps(report.to_json(), indent=1))
     (out / "attack.md").write_text(report.markdown())
     figures = plot_attack(report, out / "attack")
+    figures = [*figures, write_dataset_report(out, "adversarial triggers", figures, text=report.markdown())]
     if json_out:
         print_json(
             {
