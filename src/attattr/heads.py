@@ -679,10 +679,14 @@ def pruning_curves(
                 f"the model has {num_layers}x{num_heads}"
             )
     store = store if store is not None else _MemoryStore()
-    texts = [x.text for x in items]
-    pairs = [x.text_pair for x in items]
+    # predict in order of length (less padding per batch); only means are kept, so order is free
+    by_length = sorted(
+        range(len(items)), key=lambda i: len(tokenizer(items[i].text, items[i].text_pair)["input_ids"])
+    )
+    texts = [items[i].text for i in by_length]
+    pairs = [items[i].text_pair for i in by_length]
     pairs_arg = pairs if any(p is not None for p in pairs) else None
-    labels = torch.tensor([x.label for x in items])
+    labels = torch.tensor([items[i].label for i in by_length])
 
     results: dict[str, dict[str, list[float]]] = {}
     for label, imp in importances.items():

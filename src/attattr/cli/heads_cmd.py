@@ -466,6 +466,7 @@ def prune_cmd(
         "data": data,
         "split": split,
         "eval_examples": [x.id for x in eval_data],
+        "eval_order": "by-length",
         "total_heads": total_heads,
     }
     store = RunStore(out / "runs" / "prune-eval.jsonl", settings)
