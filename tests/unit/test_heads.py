@@ -564,6 +564,7 @@ def test_cli_end_to_end(tiny_files, tmp_path, monkeypatch, capsys):
     eff = json.loads((out / "effectiveness.json").read_text())
     assert eff["counts"] == [0, 5, 10, 12] and set(eff["curves"]) == set(heads.CURVES)
     assert (out / "effectiveness.png").exists()
+    assert "effectiveness" in (out / "report.html").read_text()
 
     code, _, _ = _cli(
         monkeypatch, capsys, "heads", "prune", "--model", model_a, *common, "--examples", 4,
@@ -577,6 +578,7 @@ def test_cli_end_to_end(tiny_files, tmp_path, monkeypatch, capsys):
     # nothing pruned: the unpruned accuracy for every method; all pruned: the same model for all
     assert len({m["accuracy"][0] for m in pruned["methods"].values()}) == 1
     assert (out / "prune.png").exists() and (out / "importance-attattr.png").exists()
+    assert (out / "report.html").is_file()
 
     code, stdout, _ = _cli(
         monkeypatch, capsys, "heads", "correlate", "--models", model_a, model_b, "--data", f"{csv},{csv}",

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import InputError
 from .app import app
-from .common import console, print_json, progress_bar
+from .common import console, print_json, progress_bar, write_dataset_report
 
 heads_app = typer.Typer(
     help=(
@@ -261,6 +261,7 @@ def importance_cmd(
     path = importance.save(out / f"importance-{method}.json")
     figures = plot_importance(importance, out / f"importance-{method}")
     files = [str(path)] + [str(f) for f in figures]
+    files.append(str(write_dataset_report(out, f"head importance: {method}", files)))
     if json_out:
         print_json({**importance.to_dict(), "files": files})
         return
@@ -350,6 +351,7 @@ def effectiveness_cmd(
     path = _write_json(out / "effectiveness.json", result)
     figures = plot_effectiveness(result, out / "effectiveness")
     files = [str(path)] + [str(f) for f in figures]
+    files.append(str(write_dataset_report(out, "effectiveness of head orderings", files)))
     if json_out:
         print_json({**result, "files": files})
         return
@@ -503,6 +505,7 @@ def prune_cmd(
     path = _write_json(out / "prune.json", result)
     figures = plot_pruning(result, out / "prune")
     files = [str(path)] + [str(f) for f in figures] + files
+    files.append(str(write_dataset_report(out, "head pruning curves", files)))
     if json_out:
         print_json({**result, "files": files})
         return
@@ -628,6 +631,7 @@ def correlate_cmd(
     figures = plot_correlation_pairs(result, out / "correlation-pairs")
     figures += plot_correlation_matrix(result, out / "correlation-matrix")
     files = [str(path)] + [str(f) for f in figures] + files
+    files.append(str(write_dataset_report(out, "head importance correlation across models", files)))
     if json_out:
         print_json({**result, "files": files})
         return
