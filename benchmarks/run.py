@@ -510,7 +510,12 @@ def main() -> None:
         default=240,
         help="a slow configuration (baselines, W2 512) stops repeating once its runs took this long",
     )
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: 2, or 1 when other jobs already keep the cores busy)",
+    )
     parser.add_argument("--reference-nodes", type=int, default=256, help="Gauss-Legendre reference (MiniLM)")
     parser.add_argument(
         "--w1-reference-nodes", type=int, default=32, help="Gauss-Legendre reference of W1 (BERT-base)"
@@ -544,15 +549,18 @@ def main() -> None:
         if args.out == str(HERE / "results"):  # smoke runs never overwrite the real results
             args.out = str(Path(tempfile.gettempdir()) / "attattr-bench-quick")
 
-    suite = Suite(args)
-    from report import finish
-
-    load = os.getloadavg()[0]
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if args.threads is None:
+        # On cores other jobs keep busy, a second thread mostly waits at OpenMP barriers: measured
+        # here, one thread ran the W1 fast mode 1.6-2.6x faster than two at a load average of 5.5.
+        args.threads = 1 if load >= cores - 0.5 else min(2, cores)
     if load > 0.5:
         sys.stderr.write(
-            f"note: load average {load:.1f} on {os.cpu_count()} cores: other jobs share the machine, "
-            "so the timings will be slower and noisier than on an idle machine\n"
+            f"note: load average {load:.1f} on {cores} cores: other jobs share the machine, so the timings "
+            f"will be slower and noisier than on an idle machine; using {args.threads} torch thread(s)\n"
         )
+    suite = Suite(args)
+    from report import finish
 
     suite.results["machine"] = machine_info(args.threads)
     suite.results["settings"] = {k: v for k, v in vars(args).items() if k not in ("worker", "result")}
