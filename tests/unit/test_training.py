@@ -183,3 +183,13 @@ def test_stale_temporary_directories_are_removed(attattr_home, save):
     (stale / "manifest.json").write_text(json.dumps({"complete": True}))
     save(models_dir / "minilm-rt")
     assert not stale.exists()
+
+
+def test_training_threads(monkeypatch):
+    monkeypatch.delenv("ATTATTR_THREADS", raising=False)
+    assert training.training_threads() == training.cpu_cores() >= 1
+    monkeypatch.setenv("ATTATTR_THREADS", "1")
+    assert training.training_threads() == 1
+    monkeypatch.setenv("ATTATTR_THREADS", "zero")
+    with pytest.raises(InputError, match="ATTATTR_THREADS must be a positive integer, got 'zero'"):
+        training.training_threads()
