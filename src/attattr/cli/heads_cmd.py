@@ -509,12 +509,14 @@ def prune_cmd(
     if json_out:
         print_json({**result, "files": files})
         return
-    table = Table(title=f"accuracy on {result['eval_examples']} examples with p % of heads pruned")
-    table.add_column("method")
-    for f in fractions:
-        table.add_column(f"{round(100 * f)}%", justify="right")
-    for name, values in result["methods"].items():
-        table.add_row(name, *[f"{a:.3f}" for a in values["accuracy"]])
+    table = Table(title=f"accuracy on {result['eval_examples']} examples, p % of heads pruned")
+    table.add_column("p", justify="right")
+    names = list(result["methods"])
+    for name in names:
+        table.add_column(name, justify="right")
+    for i, f in enumerate(fractions):
+        table.add_row(f"{round(100 * f)}%", *[f"{result['methods'][n]['accuracy'][i]:.3f}" for n in names])
+    table.add_row("mean", *[f"{result['mean_accuracy'][n]:.3f}" for n in names])
     console.print(table)
     console.print(f"wrote {', '.join(files[:3])} and {len(files) - 3} more files in {out}")
 
