@@ -160,12 +160,11 @@ def attribute_many(
     window = batch_size * 8
     for w0 in range(0, len(items), window):
         chunk = items[w0 : w0 + window]
-        lengths = [len(tokenizer(it.text, it.text_pair)["input_ids"]) for it in chunk]
+        lengths = [min(len(tokenizer(it.text, it.text_pair)["input_ids"]), max_length) for it in chunk]
         order = sorted(range(len(chunk)), key=lambda i: lengths[i])
         done: dict[int, Attribution] = {}
         next_out = 0
-        for b0 in range(0, len(order), batch_size):
-            batch_idx = order[b0 : b0 + batch_size]
+        for batch_idx in length_batches(order, lengths, batch_size):
             batch = [chunk[i] for i in batch_idx]
             for i, attr in zip(
                 batch_idx,
@@ -180,6 +179,33 @@ def attribute_many(
             while next_out in done:
                 yield done.pop(next_out)
                 next_out += 1
+
+
+# A batch is cut early where padding its members to the longest would add more than this
+# fraction of work (and more than PADDING_SLACK tokens): on inputs of very different lengths,
+# padding costs more than batching saves.
+MAX_PADDING = 0.15
+PADDING_SLACK = 32
+
+
+def length_batches(order: Sequence[int], lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Consecutive runs of `order` (indices sorted by increasing length) of at most `batch_size`,
+    cut where padding to the batch's longest member would add more than MAX_PADDING of the real
+    tokens and more than PADDING_SLACK tokens."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in order:
+        padding = (len(current) + 1) * lengths[i] - (real + lengths[i])  # sorted: i is the longest
+        too_much = padding > MAX_PADDING * (real + lengths[i]) and padding > PADDING_SLACK
+        if current and (len(current) == batch_size or too_much):
+            batches.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += lengths[i]
+    if current:
+        batches.append(current)
+    return batches
 
 
 @dataclass
