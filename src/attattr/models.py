@@ -228,6 +228,17 @@ class LoadedModel:
     def num_labels(self) -> int:
         return len(self.label_names)
 
+    def describe(self) -> str:
+        """One line naming the model and, for a recipe, its measured dev accuracy."""
+        m = self.manifest or {}
+        if m.get("dev_accuracy") is None:
+            return self.model_id
+        partial = " (a partial model: --max-steps)" if m.get("max_steps") else ""
+        return (
+            f"{self.model_id}, dev accuracy {100 * m['dev_accuracy']:.1f} % on {m.get('dev_examples', '?')} "
+            f"{m.get('dataset', '')} dev examples{partial}"
+        )
+
 
 def load(
     name_or_path: str | os.PathLike = DEFAULT_RECIPE,

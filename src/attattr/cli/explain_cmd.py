@@ -109,6 +109,7 @@ def explain(
         summary["files"] = [str(p) for p in written]
         print_json(summary)
         return
+    console.print(f"[bold]model:[/bold] {loaded.describe()}")
     print_summary(attr, top=top, seconds=elapsed)
     if out is not None:
         console.print(
