@@ -160,7 +160,9 @@ def attribute_many(
     window = batch_size * 8
     for w0 in range(0, len(items), window):
         chunk = items[w0 : w0 + window]
-        lengths = [min(len(tokenizer(it.text, it.text_pair)["input_ids"]), max_length) for it in chunk]
+        lengths = [
+            min(len(tokenizer(it.text, it.text_pair, verbose=False)["input_ids"]), max_length) for it in chunk
+        ]
         order = sorted(range(len(chunk)), key=lambda i: lengths[i])
         done: dict[int, Attribution] = {}
         next_out = 0

@@ -256,7 +256,10 @@ def plan_batches(tokenizer, examples: Sequence[_Ex], batch_size: int) -> list[li
     batches = []
     for w0 in range(0, len(examples), window):
         idx = list(range(w0, min(w0 + window, len(examples))))
-        lengths = {i: len(tokenizer(examples[i].text, examples[i].text_pair)["input_ids"]) for i in idx}
+        lengths = {
+            i: len(tokenizer(examples[i].text, examples[i].text_pair, verbose=False)["input_ids"])
+            for i in idx
+        }
         idx.sort(key=lambda i: lengths[i])
         batches += [idx[b : b + batch_size] for b in range(0, len(idx), batch_size)]
     return batches
@@ -681,7 +684,8 @@ def pruning_curves(
     store = store if store is not None else _MemoryStore()
     # predict in order of length (less padding per batch); only means are kept, so order is free
     by_length = sorted(
-        range(len(items)), key=lambda i: len(tokenizer(items[i].text, items[i].text_pair)["input_ids"])
+        range(len(items)),
+        key=lambda i: len(tokenizer(items[i].text, items[i].text_pair, verbose=False)["input_ids"]),
     )
     texts = [items[i].text for i in by_length]
     pairs = [items[i].text_pair for i in by_length]

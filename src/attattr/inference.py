@@ -47,7 +47,8 @@ def encode_batch(
             check_text(p, "pair text")
     features, segment_lists, too_long = [], [], []
     for text, pair in zip(texts, pair_list, strict=True):
-        full_len = len(tokenizer(text, pair, truncation=False)["input_ids"])
+        # verbose=False: measuring an over-long input is not an error, no tokenizer warning
+        full_len = len(tokenizer(text, pair, truncation=False, verbose=False)["input_ids"])
         if full_len > max_length and not truncate:
             raise InputError(
                 f"input has {full_len} tokens, more than the model's maximum {max_length} (truncation is off)"

@@ -399,7 +399,7 @@ def mine_patterns(
     for ex in chosen:
         if str(ex.id) in records:
             continue
-        n = len(tokenizer(ex.text, ex.text_pair)["input_ids"])
+        n = len(tokenizer(ex.text, ex.text_pair, verbose=False)["input_ids"])
         if n < min_tokens:
             finish({"id": str(ex.id), "skipped": "short", "tokens": n, "pattern": None})
             if progress is not None:
@@ -633,7 +633,7 @@ def insert_words(
         ]
         truncated = truncated or keep != own
         new, gaps = _insert(tokenizer, cut, targets)
-        n = len(tokenizer(new[0], new[1])["input_ids"])
+        n = len(tokenizer(new[0], new[1], verbose=False)["input_ids"])
         if n <= max_length:
             return Inserted(new[0], new[1], truncated, n, gaps)
         budget -= n - max_length
