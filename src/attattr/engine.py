@@ -247,7 +247,9 @@ def _attribute_batch(
 
     with AttentionHook(model, record=True) as hook, _frozen(model):
         # Reference pass, no gradients: A for every layer, F(A), and F(0 * A^l) for every target layer.
+        # Only the clean rows' A is kept: the baseline rows' would be (L + 1) times the memory.
         hook.reset()
+        hook.record_rows = bsz
         rows = bsz
         for layer in s.layers:
             hook.row_selections[layer] = torch.cat([torch.arange(rows, device=device), clean])
@@ -255,7 +257,7 @@ def _attribute_batch(
             rows += bsz
         with torch.no_grad(), _autocast(device, s.dtype):
             logits = model(**inputs).logits.float()
-        attentions = {layer: hook.attentions[layer][:bsz].float() for layer in s.layers}  # [B, H, n, n]
+        attentions = {layer: hook.attentions[layer].float() for layer in s.layers}  # [B, H, n, n]
         clean_logits = logits[:bsz]
         probabilities = torch.softmax(clean_logits, dim=-1)
         predicted = probabilities.argmax(dim=-1)

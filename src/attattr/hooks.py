@@ -96,6 +96,8 @@ class AttentionHook:
 
     Attributes set by the caller between forward passes:
       record            keep each layer's probabilities in `attentions` (detached)
+      record_rows       None (all rows) or N: keep only the first N rows (a copy, so the other rows'
+                        probabilities are freed after their layer)
       head_gates        None, [layers, heads] or [examples, layers, heads] multipliers
       injections        {layer: Injection}
       row_selections    {layer: LongTensor of row indices taken at that layer's entry}
@@ -106,6 +108,7 @@ class AttentionHook:
         check_supported(model)
         self.model = model
         self.record = record
+        self.record_rows: int | None = None
         self.head_gates = head_gates
         self.injections: dict[int, Injection] = {}
         self.row_selections: dict[int, torch.Tensor] = {}
@@ -200,7 +203,8 @@ class AttentionHook:
         if gates is not None:
             probs = probs * gates[:, :, None, None].to(probs.dtype)
         if self.record:
-            self.attentions[layer] = probs.detach()
+            n = self.record_rows
+            self.attentions[layer] = probs.detach() if n is None else probs[:n].detach().clone()
         injection = self.injections.get(layer)
         if injection is not None:
             s, r = injection.start, injection.alphas.shape[0]
