@@ -1,6 +1,6 @@
 """The benchmark suite (`make bench`): attattr's engine against the paper's algorithm and Captum.
 
-    python benchmarks/run.py                 # everything, about 25 minutes on 2 idle cores
+    python benchmarks/run.py                 # everything, about 18 minutes on 2 idle cores
     python benchmarks/run.py --only w1,w3    # a subset (sections: peak, nodes, bf16, w1, w2, w3)
     python benchmarks/run.py --quick         # a smoke run with small sizes (a minute or two)
 
