@@ -273,6 +273,7 @@ def load(
         loaded = _load_directory(directory, model_id=key)
         loaded.recipe = recipe
         loaded.max_length = recipe.max_length
+        _truncate_at(loaded.tokenizer, loaded.max_length)
         return loaded
     path = Path(key).expanduser()
     if path.exists():
@@ -376,6 +377,7 @@ def _from_pretrained(source: str, *, model_id: str, path: Path | None, local_onl
     trained_length = ((manifest or {}).get("settings") or {}).get("max_length")
     if isinstance(trained_length, int) and 0 < trained_length < max_length:
         max_length = trained_length  # a recipe copied elsewhere keeps the input length it was trained on
+    _truncate_at(tokenizer, max_length)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -386,6 +388,12 @@ def _from_pretrained(source: str, *, model_id: str, path: Path | None, local_onl
         path=path,
         manifest=manifest,
     )
+
+
+def _truncate_at(tokenizer, max_length: int) -> None:
+    """Every command then cuts inputs where the model was trained to read, not at the encoder's limit."""
+    if not tokenizer.model_max_length or tokenizer.model_max_length > max_length:
+        tokenizer.model_max_length = max_length
 
 
 def _first_line(exc: BaseException) -> str:

@@ -73,12 +73,7 @@ def _attr_options(steps: str, rule: str, fast: bool) -> dict[str, Any]:
 def _load_model(name: str, quiet: bool):
     from .. import models
 
-    loaded = models.load(name, quiet=quiet)
-    # inputs are cut where the recipe was trained to read (its max_length), not at the encoder's limit
-    tok = loaded.tokenizer
-    if loaded.max_length and (not tok.model_max_length or tok.model_max_length > loaded.max_length):
-        tok.model_max_length = loaded.max_length
-    return loaded
+    return models.load(name, quiet=quiet)  # its tokenizer cuts inputs at the recipe's max_length
 
 
 def _default_data(loaded, data: str | None) -> str:
