@@ -8,14 +8,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+
+from ..progress import progress_display
 
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -44,20 +38,11 @@ def _default(obj):
 
 @contextmanager
 def progress_bar(description: str, total: int | None, *, quiet: bool = False):
-    """A rich progress bar with an ETA on stderr; yields `advance(n=1)`."""
+    """Progress with an ETA on stderr (a bar on a terminal, lines in a log); yields `advance(n=1)`."""
     if quiet:
         yield lambda n=1: None
         return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=False,
-    ) as prog:
+    with progress_display(err_console) as prog:
         task = prog.add_task(description, total=total)
         yield lambda n=1: prog.advance(task, n)
 
