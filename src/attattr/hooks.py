@@ -144,6 +144,11 @@ class AttentionHook:
             self._token = None
         self.model.set_attn_implementation(self._previous_impl or "eager")
 
+    @property
+    def next_layer(self) -> int:
+        """The layer whose attention runs next in the current forward pass."""
+        return self._layer
+
     def reset(self) -> None:
         """Clear per-pass settings and outputs (gates are kept)."""
         self.injections.clear()

@@ -51,7 +51,7 @@ class ConnectionGateHook(AttentionHook):
         self.connection_gates: dict[int, torch.Tensor] = {}
 
     def on_attention(self, probs: torch.Tensor) -> torch.Tensor:
-        layer = self._layer  # the base class advances it
+        layer = self.next_layer  # read before the base class moves on to the next layer
         probs = super().on_attention(probs)
         gates = self.connection_gates.get(layer)
         if gates is not None:
