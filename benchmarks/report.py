@@ -55,10 +55,25 @@ def analyse(suite) -> dict:
     goals: list[dict] = []
     peaks = {d: _peak(res, d) for d in ("float32", "bfloat16")}
 
-    def throughput(rec, flops, seconds):
-        gflops = flops / seconds / 1e9
+    def timed_row(rec, flops, workload: str, config: str, key: str, **extra) -> dict:
+        """The columns every timed configuration shares: median time, memory, throughput."""
+        t = _median(rec["times"])
+        gflops = flops / t / 1e9
         peak = peaks.get(rec.get("dtype", "float32"))
-        return gflops, (gflops / peak if peak else None)
+        return {
+            "workload": workload,
+            "config": config,
+            "key": key,
+            "rule": f"{rec['rule']} {rec['nodes']}",
+            "dtype": rec["dtype"],
+            "runs": len(rec["times"]),
+            "seconds": t,
+            "rss_peak_mb": rec["rss_peak"] / 2**20,
+            "rss_added_mb": (rec["rss_peak"] - rec["rss_setup"]) / 2**20,
+            "gflops": gflops,
+            "peak_fraction": gflops / peak if peak else None,
+            **extra,
+        }
 
     # ---- W1 -------------------------------------------------------------------------------
     ref_rec = cfgs.get("w1-reference")
@@ -69,28 +84,14 @@ def analyse(suite) -> dict:
         if not rec or rec.get("failed"):
             continue
         scores = _load(suite.path(f"w1-{key}"))
-        t = _median(rec["times"])
+        config = {
+            "paper": "(a) paper's algorithm",
+            "captum": "(b) Captum IG",
+            "exact": "attattr exact",
+            "fast": "attattr fast",
+        }[key]
         flops = attribution_flops(rec["shape"], rec["tokens"], rec["nodes"])
-        gflops, frac = throughput(rec, flops, t)
-        row = {
-            "workload": f"W1 ({rec['tokens']} tokens)",
-            "config": {
-                "paper": "(a) paper's algorithm",
-                "captum": "(b) Captum IG",
-                "exact": "attattr exact",
-                "fast": "attattr fast",
-            }[key],
-            "key": key,
-            "rule": f"{rec['rule']} {rec['nodes']}",
-            "dtype": rec["dtype"],
-            "runs": len(rec["times"]),
-            "seconds": t,
-            "rss_peak_mb": rec["rss_peak"] / 2**20,
-            "rss_added_mb": (rec["rss_peak"] - rec["rss_setup"]) / 2**20,
-            "gflops": gflops,
-            "peak_fraction": frac,
-            "passes": rec.get("passes"),
-        }
+        row = timed_row(rec, flops, f"W1 ({rec['tokens']} tokens)", config, key, passes=rec.get("passes"))
         if ref is not None and scores is not None:
             row["error"] = _rel(scores, ref)
             row["gap"] = _gap(scores, ref_rec["output_value"], ref_rec["baseline_values"])
@@ -175,24 +176,16 @@ def analyse(suite) -> dict:
                     }
                 )
             continue
-        t = _median(rec["times"])
         flops = attribution_flops(rec["shape"], rec["tokens"], rec["nodes"])
-        gflops, frac = throughput(rec, flops, t)
-        row = {
-            "workload": f"W2 ({rec['tokens']} tokens)",
-            "config": "attattr fast",
-            "key": name,
-            "rule": f"{rec['rule']} {rec['nodes']}",
-            "dtype": rec["dtype"],
-            "runs": len(rec["times"]),
-            "seconds": t,
-            "rss_peak_mb": rec["rss_peak"] / 2**20,
-            "rss_added_mb": (rec["rss_peak"] - rec["rss_setup"]) / 2**20,
-            "gflops": gflops,
-            "peak_fraction": frac,
-            "passes": rec.get("passes"),
-            "memory_budget_mb": rec.get("memory_budget", 0) / 2**20,
-        }
+        row = timed_row(
+            rec,
+            flops,
+            f"W2 ({rec['tokens']} tokens)",
+            "attattr fast",
+            name,
+            passes=rec.get("passes"),
+            memory_budget_mb=rec.get("memory_budget", 0) / 2**20,
+        )
         rows.append(row)
         if rec["tokens"] == 512:
             added = row["rss_added_mb"]
@@ -220,27 +213,15 @@ def analyse(suite) -> dict:
         rec = cfgs.get(f"w3-{key}")
         if not rec or rec.get("failed"):
             continue
-        t = _median(rec["times"])
+        config = {
+            "fast": "attattr fast, batched",
+            "paper": "(a) paper's algorithm, one by one",
+            "exact": "attattr exact, batched",
+        }[key]
         flops = sum(attribution_flops(rec["shape"], n, rec["nodes"]) for n in rec["tokens"])
-        gflops, frac = throughput(rec, flops, t)
-        row = {
-            "workload": f"W3 ({rec['examples']} RT dev sentences, {rec['mean_tokens']:.0f} tokens avg)",
-            "config": {
-                "fast": "attattr fast, batched",
-                "paper": "(a) paper's algorithm, one by one",
-                "exact": "attattr exact, batched",
-            }[key],
-            "key": f"w3-{key}",
-            "rule": f"{rec['rule']} {rec['nodes']}",
-            "dtype": rec["dtype"],
-            "runs": len(rec["times"]),
-            "seconds": t,
-            "per_example": t / rec["examples"],
-            "rss_peak_mb": rec["rss_peak"] / 2**20,
-            "rss_added_mb": (rec["rss_peak"] - rec["rss_setup"]) / 2**20,
-            "gflops": gflops,
-            "peak_fraction": frac,
-        }
+        workload = f"W3 ({rec['examples']} RT dev sentences, {rec['mean_tokens']:.0f} tokens avg)"
+        per_example = _median(rec["times"]) / rec["examples"]
+        row = timed_row(rec, flops, workload, config, f"w3-{key}", per_example=per_example)
         if nodes and not nodes.get("failed"):
             for nrow in nodes["rows"]:
                 if nrow["rule"] == rec["rule"] and nrow["nodes"] == rec["nodes"]:
