@@ -23,7 +23,7 @@ import torch
 from . import __version__
 from .errors import InputError, ModelError
 from .hooks import AttentionHook, Injection, check_supported, model_num_heads, model_num_layers
-from .inference import encode_batch, model_inputs, model_max_length
+from .inference import encode_batch, model_inputs, model_max_length, token_count
 from .quadrature import DEFAULT_RULE, DEFAULT_STEPS, RULES
 from .quadrature import rule as quadrature_rule
 from .result import Attribution
@@ -164,9 +164,7 @@ def attribute_many(
     window = batch_size * 8
     for w0 in range(0, len(items), window):
         chunk = items[w0 : w0 + window]
-        lengths = [
-            min(len(tokenizer(it.text, it.text_pair, verbose=False)["input_ids"]), max_length) for it in chunk
-        ]
+        lengths = [min(token_count(tokenizer, it.text, it.text_pair), max_length) for it in chunk]
         order = sorted(range(len(chunk)), key=lambda i: lengths[i])
         done: dict[int, Attribution] = {}
         next_out = 0

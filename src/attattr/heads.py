@@ -35,7 +35,7 @@ import torch
 
 from .errors import InputError, ResultFileError
 from .hooks import AttentionHook, model_num_heads, model_num_layers
-from .inference import encode_batch, model_inputs, model_max_length, predict
+from .inference import encode_batch, model_inputs, model_max_length, predict, token_count
 from .runstore import RunStore
 
 METHODS = ("attattr", "attention", "taylor", "accuracy-diff", "random")
@@ -256,10 +256,7 @@ def plan_batches(tokenizer, examples: Sequence[_Ex], batch_size: int) -> list[li
     batches = []
     for w0 in range(0, len(examples), window):
         idx = list(range(w0, min(w0 + window, len(examples))))
-        lengths = {
-            i: len(tokenizer(examples[i].text, examples[i].text_pair, verbose=False)["input_ids"])
-            for i in idx
-        }
+        lengths = {i: token_count(tokenizer, examples[i].text, examples[i].text_pair) for i in idx}
         idx.sort(key=lambda i: lengths[i])
         batches += [idx[b : b + batch_size] for b in range(0, len(idx), batch_size)]
     return batches
@@ -685,7 +682,7 @@ def pruning_curves(
     # predict in order of length (less padding per batch); only means are kept, so order is free
     by_length = sorted(
         range(len(items)),
-        key=lambda i: len(tokenizer(items[i].text, items[i].text_pair, verbose=False)["input_ids"]),
+        key=lambda i: token_count(tokenizer, items[i].text, items[i].text_pair),
     )
     texts = [items[i].text for i in by_length]
     pairs = [items[i].text_pair for i in by_length]

@@ -23,6 +23,12 @@ def model_max_length(model, tokenizer) -> int:
     return min(limits) if limits else 512
 
 
+def token_count(tokenizer, text: str, pair: str | None = None) -> int:
+    """Tokens of an input, special tokens included, untruncated. verbose=False: measuring an
+    over-long input is not an error, so no tokenizer warning."""
+    return len(tokenizer(text, pair, truncation=False, verbose=False)["input_ids"])
+
+
 def check_text(text: str, what: str = "text") -> None:
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"{what} is empty")
@@ -47,8 +53,7 @@ def encode_batch(
             check_text(p, "pair text")
     features, segment_lists, too_long = [], [], []
     for text, pair in zip(texts, pair_list, strict=True):
-        # verbose=False: measuring an over-long input is not an error, no tokenizer warning
-        full_len = len(tokenizer(text, pair, truncation=False, verbose=False)["input_ids"])
+        full_len = token_count(tokenizer, text, pair)
         if full_len > max_length and not truncate:
             raise InputError(
                 f"input has {full_len} tokens, more than the model's maximum {max_length} (truncation is off)"

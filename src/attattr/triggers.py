@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 from .errors import DataError, InputError, ResultFileError
+from .inference import token_count
 from .result import Attribution
 
 FORMAT = "attattr-patterns/1"
@@ -399,7 +400,7 @@ def mine_patterns(
     for ex in chosen:
         if str(ex.id) in records:
             continue
-        n = len(tokenizer(ex.text, ex.text_pair, verbose=False)["input_ids"])
+        n = token_count(tokenizer, ex.text, ex.text_pair)
         if n < min_tokens:
             finish({"id": str(ex.id), "skipped": "short", "tokens": n, "pattern": None})
             if progress is not None:
@@ -633,7 +634,7 @@ def insert_words(
         ]
         truncated = truncated or keep != own
         new, gaps = _insert(tokenizer, cut, targets)
-        n = len(tokenizer(new[0], new[1], verbose=False)["input_ids"])
+        n = token_count(tokenizer, new[0], new[1])
         if n <= max_length:
             return Inserted(new[0], new[1], truncated, n, gaps)
         budget -= n - max_length
