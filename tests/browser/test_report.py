@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attattr.report import Section, write_report
+from attattr.render.report import Section, write_report
 from tests.unit.test_report import make_attribution, png_file
 
 pytestmark = pytest.mark.browser

@@ -8,7 +8,7 @@ import torch
 import transformers as tf
 
 import attattr
-from attattr.engine import activation_bytes, plan_passes
+from attattr.core.engine import activation_bytes, plan_passes
 
 from ..tiny import tiny_tokenizer
 

@@ -16,8 +16,8 @@ import torch
 import transformers
 
 from attattr import models
+from attattr.core.encoding import predict
 from attattr.data import load_dataset
-from attattr.inference import predict
 from tests.conftest import QUICK_DEV, QUICK_STEPS
 
 pytestmark = pytest.mark.integration

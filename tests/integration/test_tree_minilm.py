@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import attattr
-from attattr.tree import AttributionTree
+from attattr.analyses.tree.build import AttributionTree
 from tests.unit.test_tree import parse_dot, plain_tree
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ def test_tree_command_on_minilm(quick_rt_home, run_cli, monkeypatch, tmp_path):
 
 
 def test_pair_and_long_input_on_minilm(quick_rt_model, tmp_path):
-    from attattr.plots.tree import draw_tree
+    from attattr.render.plots.tree import draw_tree
 
     m = quick_rt_model
     attr = attattr.attribute(m.model, m.tokenizer, "the cat sat on the mat", "a cat is sitting", steps=4)

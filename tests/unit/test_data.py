@@ -8,8 +8,8 @@ import json
 import pytest
 
 from attattr import data
+from attattr.core.errors import DataError
 from attattr.data import Dataset, Example, check_labels, load_dataset
-from attattr.errors import DataError
 
 BUILTIN_SIZES = {
     "rotten-tomatoes": {"train": 6530, "dev": 1000, "test": 1000},

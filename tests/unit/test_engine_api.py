@@ -10,9 +10,9 @@ import transformers as tf
 
 import attattr
 from attattr import Attribution
-from attattr.errors import InputError, ResultFileError, UnsupportedModelError
-from attattr.hooks import AttentionHook
-from attattr.quadrature import rule
+from attattr.core.errors import InputError, ResultFileError, UnsupportedModelError
+from attattr.core.hooks import AttentionHook
+from attattr.core.quadrature import rule
 
 from ..tiny import ARCHITECTURES, tiny_model, tiny_tokenizer
 

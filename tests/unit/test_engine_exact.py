@@ -9,8 +9,8 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 import attattr
-from attattr.inference import model_inputs
-from attattr.quadrature import rule as quadrature_rule
+from attattr.core.encoding import model_inputs
+from attattr.core.quadrature import rule as quadrature_rule
 
 from ..tiny import ARCHITECTURES, tiny_model, tiny_tokenizer
 

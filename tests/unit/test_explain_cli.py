@@ -9,7 +9,7 @@ import torch
 
 import attattr
 from attattr import models
-from attattr.result import Attribution
+from attattr.core.result import Attribution
 
 TEXT = "the film is very good"
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from attattr import heads
-from attattr.hooks import AttentionHook
-from attattr.runstore import RunStore
+from attattr.analyses import heads
+from attattr.analyses.runs import RunStore
+from attattr.core.hooks import AttentionHook
 from tests.tiny import tiny_model, tiny_tokenizer
 
 LAYERS, HEADS, HIDDEN = 3, 4, 32
@@ -328,7 +328,7 @@ def test_importance_file_round_trip(tmp_path):
 # ---------------------------------------------------------------------------------------------
 def test_effectiveness_matches_per_example_pruning_by_hand():
     import attattr
-    from attattr.inference import predict
+    from attattr.core.encoding import predict
 
     model, tok = sharp_model(), tiny_tokenizer()
     exs = examples(model, tok)[:5]
@@ -362,7 +362,7 @@ def test_effectiveness_matches_per_example_pruning_by_hand():
 
 
 def test_pruning_curves_match_pruning_by_hand():
-    from attattr.inference import predict
+    from attattr.core.encoding import predict
 
     model, tok = sharp_model(), tiny_tokenizer()
     exs = examples(model, tok)

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from attattr import models
-from attattr.errors import ModelError, UnsupportedModelError
+from attattr.core.errors import ModelError, UnsupportedModelError
 from attattr.models import RECIPES, attattr_home, is_built, list_recipes, load
 from tests.conftest import TINY_ARCHITECTURES, build_tiny_model, build_tiny_tokenizer
 

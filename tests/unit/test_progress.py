@@ -8,7 +8,7 @@ import re
 from rich.console import Console
 from rich.progress import Progress
 
-from attattr.progress import LineProgress, progress_display
+from attattr.core.progress import LineProgress, progress_display
 
 
 def _console(terminal: bool) -> tuple[Console, io.StringIO]:

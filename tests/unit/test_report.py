@@ -16,9 +16,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from attattr.errors import InputError  # noqa: E402
-from attattr.report import REPORT_FILE, Section, render_report, write_report  # noqa: E402
-from attattr.result import Attribution  # noqa: E402
+from attattr.core.errors import InputError  # noqa: E402
+from attattr.core.result import Attribution  # noqa: E402
+from attattr.render.report import REPORT_FILE, Section, render_report, write_report  # noqa: E402
 
 WORDS = "the film was a gorgeous witty and deeply moving piece of work with great acting".split()
 NASTY = '</script><script>alert("x")</script>'  # a token that must not end the data block

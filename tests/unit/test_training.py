@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from attattr import training
+from attattr.core.errors import InputError
 from attattr.data import Dataset, Example
-from attattr.errors import InputError
 from attattr.models import is_built, read_manifest
 from attattr.training import evaluate, fine_tune, length_grouped_batches, training_subset
 

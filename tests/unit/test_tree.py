@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from attattr.errors import InputError
-from attattr.result import Attribution
-from attattr.tree import (
+from attattr.analyses.tree.build import (
     SKIP_BOTH_APPEARED,
     SKIP_CHILD_FIXED,
     SKIP_CHILD_IS_ROOT,
@@ -22,6 +20,8 @@ from attattr.tree import (
     AttributionTree,
     build_tree_from_scores,
 )
+from attattr.core.errors import InputError
+from attattr.core.result import Attribution
 
 
 # ---- a plain reference implementation, written from SPEC §3 with plain loops -------------------
@@ -451,7 +451,7 @@ def test_text_rendering_lists_every_node_once():
 
 
 def test_drawing_writes_png_and_svg(tmp_path):
-    from attattr.plots.tree import draw_tree
+    from attattr.render.plots.tree import draw_tree
 
     words = [f"w{i}" for i in range(38)]
     attr = make_attribution(["[CLS]", *words, "[SEP]"], [0] * 40, seed=11, layers=6)

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from attattr.result import Attribution
-from attattr.tree import AttributionTree
+from attattr.analyses.tree.build import AttributionTree
+from attattr.core.result import Attribution
 from tests.tiny import tiny_model, tiny_tokenizer
 
 TEXTS = ["the cat sat on the mat", "a dog ran down the mat again", "the film is very good", "not a good film"]

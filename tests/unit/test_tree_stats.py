@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import attattr
-from attattr import tree_stats
-from attattr.errors import InputError, ResultFileError
-from attattr.hooks import AttentionHook
-from attattr.inference import encode_batch, model_inputs
-from attattr.tree_stats import ConnectionGateHook, connection_faithfulness, output_of, run_tree_stats
+from attattr.analyses.tree import stats as tree_stats
+from attattr.analyses.tree.stats import ConnectionGateHook, connection_faithfulness, output_of, run_tree_stats
+from attattr.core.encoding import encode_batch, model_inputs
+from attattr.core.errors import InputError, ResultFileError
+from attattr.core.hooks import AttentionHook
 from tests.tiny import tiny_model, tiny_tokenizer
 
 TEXTS = [
@@ -94,7 +94,7 @@ def test_gating_matches_a_hand_made_attention_edit(tiny):
             gated = model(**inputs).logits
 
     # the same edit done by hand with a forward hook on layer 0's attention output
-    from attattr import hooks as hooks_module
+    from attattr.core import hooks as hooks_module
 
     original = hooks_module.AttentionHook.on_attention
 
@@ -193,7 +193,7 @@ def test_dataset_run_summary_and_resume(tiny, tmp_path, monkeypatch):
 
     # resuming does no new work and gives the same summary
     calls = []
-    import attattr.engine as engine
+    import attattr.core.engine as engine
 
     real = engine.attribute_many
 

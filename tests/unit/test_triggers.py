@@ -10,9 +10,9 @@ import pytest
 import torch
 import transformers as tf
 
-from attattr import triggers as T
-from attattr.errors import InputError, ResultFileError
-from attattr.result import Attribution
+from attattr.analyses import triggers as T
+from attattr.core.errors import InputError, ResultFileError
+from attattr.core.result import Attribution
 
 WORDS = "the a cat dog sat ran on mat with and down again of film good bad very not is it".split()
 VOCAB = list(
@@ -416,7 +416,7 @@ def _reference_pattern(attr):
 
 def test_mine_patterns_with_engine_and_resume(tok, model, tmp_path, monkeypatch):
     import attattr
-    import attattr.engine as engine
+    import attattr.core.engine as engine
 
     data = _dataset()
     run = tmp_path / "run.jsonl"
@@ -466,7 +466,7 @@ def test_sample_indices():
 
 
 def test_attack_end_to_end(tok, model):
-    from attattr.inference import model_inputs
+    from attattr.core.encoding import model_inputs
 
     train = _dataset()
     mined = T.mine_patterns(model, tok, train, examples=6, min_tokens=8, steps=4)

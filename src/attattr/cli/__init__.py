@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..errors import AttattrError
+from ..core.errors import AttattrError
 from . import explain_cmd, heads_cmd, models_cmd, tree_cmd, triggers_cmd  # noqa: F401  (register commands)
 from .app import app
 from .common import err_console

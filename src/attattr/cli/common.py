@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
-from ..progress import progress_display
+from ..core.progress import progress_display
 
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -55,7 +55,7 @@ def write_dataset_report(out, title: str, written, *, text: str = "", tables=())
     """report.html for a dataset command: its PNG figures and tables in one self-contained page."""
     from pathlib import Path
 
-    from ..report import Section, write_report
+    from ..render.report import Section, write_report
 
     images = [Path(p) for p in written if Path(p).suffix == ".png"]
     text, found = _split_markdown_tables(text)

@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..errors import InputError
-from ..quadrature import DEFAULT_RULE, DEFAULT_STEPS
+from ..core.errors import InputError
+from ..core.quadrature import DEFAULT_RULE, DEFAULT_STEPS
 from .app import app
 from .common import console, err_console, print_json, warn
 
@@ -119,7 +119,7 @@ def explain(
 
 def write_outputs(attr, out: Path) -> list[Path]:
     """Tensors + metadata, the importance grid, attention-vs-attribution for the top heads, the report."""
-    from ..plots.heatmaps import attention_vs_attribution, importance_grid
+    from ..render.plots.heatmaps import attention_vs_attribution, importance_grid
 
     out.mkdir(parents=True, exist_ok=True)
     written = [attr.save(out), out / "meta.json"]
@@ -130,7 +130,7 @@ def write_outputs(attr, out: Path) -> list[Path]:
         pos, head = divmod(flat, imp.shape[1])
         layer = attr.layers[pos]
         written += attention_vs_attribution(attr, layer, head, out / f"head_L{layer}_H{head}")
-    from ..report import write_report
+    from ..render.report import write_report
 
     # the report builds the tree itself and explains in the page when it cannot
     written.append(write_report(out, attribution=attr))

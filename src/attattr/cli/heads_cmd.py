@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ..errors import InputError
+from ..core.errors import InputError
 from .app import app
 from .common import console, print_json, progress_bar, write_dataset_report
 
@@ -95,7 +95,7 @@ def _load_data(
     """`count` examples of the split (a seeded sample, or the first ones when sample_seed is None),
     labels expressed as the model's class indices."""
     from .. import data as data_mod
-    from ..heads import select_examples
+    from ..analyses.heads import select_examples
 
     kwargs: dict[str, Any] = {"limit": count if sample_seed is None else None}
     if pair_column:
@@ -149,8 +149,8 @@ def _compute_importance(
     sample: str = "first",
 ):
     """One importance method over `dataset`, resumable from out/runs/importance-<method>.jsonl."""
-    from ..heads import head_importance
-    from ..runstore import RunStore
+    from ..analyses.heads import head_importance
+    from ..analyses.runs import RunStore
 
     settings = {
         "kind": "importance",
@@ -225,8 +225,8 @@ def importance_cmd(
     Writes <out>/importance-<method>.json and .png/.svg; an interrupted run resumes from
     <out>/runs/importance-<method>.jsonl (same settings only).
     """
-    from ..heads import METHODS
-    from ..plots.heads import plot_importance
+    from ..analyses.heads import METHODS
+    from ..render.plots.heads import plot_importance
 
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
@@ -299,9 +299,9 @@ def effectiveness_cmd(
     Example:  attattr heads effectiveness --model minilm-rt --data rotten-tomatoes --split dev
     --examples 200 --step 4 --out effectiveness/
     """
-    from ..heads import effectiveness
-    from ..plots.heads import plot_effectiveness
-    from ..runstore import RunStore
+    from ..analyses.heads import effectiveness
+    from ..analyses.runs import RunStore
+    from ..render.plots.heads import plot_effectiveness
 
     _check_count("--examples", examples)
     _check_count("--step", step)
@@ -413,9 +413,9 @@ def prune_cmd(
     Example:  attattr heads prune --model minilm-rt --data rotten-tomatoes --split dev
     --examples 200 --out prune/
     """
-    from ..heads import METHODS, pruning_curves
-    from ..plots.heads import plot_importance, plot_pruning
-    from ..runstore import RunStore
+    from ..analyses.heads import METHODS, pruning_curves
+    from ..analyses.runs import RunStore
+    from ..render.plots.heads import plot_importance, plot_pruning
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     bad = [m for m in chosen if m not in METHODS]
@@ -565,8 +565,8 @@ def correlate_cmd(
     Each model's importance comes from the first N examples of the split of its own dataset
     (or --data, one per model) and is kept in <out>/<model>/.
     """
-    from ..heads import METHODS, Importance, correlate
-    from ..plots.heads import plot_correlation_matrix, plot_correlation_pairs, plot_importance
+    from ..analyses.heads import METHODS, Importance, correlate
+    from ..render.plots.heads import plot_correlation_matrix, plot_correlation_pairs, plot_importance
 
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from ..errors import InputError
+from ..core.errors import InputError
 from .app import app
 from .common import console, print_json, progress_bar, write_dataset_report
 
@@ -149,8 +149,8 @@ def tree_show(
 
     Dataset analyses (size, depth, receptive field, edge faithfulness): attattr tree stats --help
     """
-    from ..result import Attribution
-    from ..tree import PARENT_CHOICES, build_tree, check_threshold
+    from ..analyses.tree.build import PARENT_CHOICES, build_tree, check_threshold
+    from ..core.result import Attribution
 
     threshold = check_threshold(threshold)
     if parent_choice not in PARENT_CHOICES:
@@ -166,7 +166,7 @@ def tree_show(
             raise InputError("text is empty: give the text to explain")
         if pair is not None and not pair.strip():
             raise InputError("pair text is empty")
-        from ..engine import attribute
+        from ..core.engine import attribute
 
         loaded = _load_model(model or "minilm-rt")
         attr = attribute(
@@ -184,10 +184,10 @@ def tree_show(
 
     written: list[Path] = []
     if out is not None:
-        from ..plots.tree import draw_tree
+        from ..render.plots.tree import draw_tree
 
         out.mkdir(parents=True, exist_ok=True)
-        from ..plots.style import save_figure
+        from ..render.plots.style import save_figure
 
         written += save_figure(draw_tree(tree), out / "tree")
         (out / "tree.json").write_text(json.dumps(tree.to_json(), indent=1))
@@ -195,7 +195,7 @@ def tree_show(
         written += [out / "tree.json", out / "tree.dot"]
         if attributions is None or attributions.resolve() != out.resolve():
             written.append(attr.save(out))
-        from ..report import write_report
+        from ..render.report import write_report
 
         written.append(write_report(out, attribution=attr, tree=tree))
 
@@ -205,7 +205,7 @@ def tree_show(
             data["files"] = [str(p) for p in written]
         print_json(data)
         return
-    from ..tree import _title
+    from ..analyses.tree.build import _title
 
     heading = _title(tree)
     console.print(f"{heading}  ·  {tree.summary()}" if heading else tree.summary(), markup=False)
@@ -290,8 +290,8 @@ def tree_stats_cmd(
     Example:  attattr tree stats --model minilm-rt --data rotten-tomatoes --split dev --examples 200 --out stats/
     """
     from .. import data as data_module
-    from ..tree import check_threshold
-    from ..tree_stats import run_tree_stats, write_outputs
+    from ..analyses.tree.build import check_threshold
+    from ..analyses.tree.stats import run_tree_stats, write_outputs
 
     threshold = check_threshold(threshold)
     k_values = _ks(ks)

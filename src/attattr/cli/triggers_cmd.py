@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..errors import InputError
+from ..core.errors import InputError
 from .app import app
 from .common import console, print_json, progress_bar, warn, write_dataset_report
 
@@ -79,8 +79,8 @@ def mine(
     the built-in splits keep their source order, positives before negatives). The run resumes from
     `<out>.run.jsonl` when interrupted (same settings only).
     """
-    from ..runstore import RunStore
-    from ..triggers import mine_patterns, mining_settings, write_patterns
+    from ..analyses.runs import RunStore
+    from ..analyses.triggers import mine_patterns, mining_settings, write_patterns
 
     if examples < 1:
         raise InputError(f"--examples must be >= 1, got {examples}")
@@ -172,8 +172,8 @@ def attack_cmd(
     Example:  attattr triggers attack --model minilm-rt --patterns patterns.jsonl
     --data rotten-tomatoes --split dev --top 3 --out attack/
     """
-    from ..plots.triggers import plot_attack
-    from ..triggers import attack, attack_evaluations, load_patterns, select_patterns
+    from ..analyses.triggers import attack, attack_evaluations, load_patterns, select_patterns
+    from ..render.plots.triggers import plot_attack
 
     if seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {seeds}")
@@ -181,7 +181,7 @@ def attack_cmd(
     if limit is not None:
         from dataclasses import replace
 
-        from ..triggers import sample_indices
+        from ..analyses.triggers import sample_indices
 
         # a seeded sample, not the first N: built-in splits are ordered by label
         dataset = replace(dataset, examples=[dataset[i] for i in sample_indices(len(dataset), limit)])

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .errors import InputError
+from ...core.errors import InputError
 
 ParentChoice = Literal["strongest", "authors"]
 PARENT_CHOICES = ("strongest", "authors")

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from . import __version__
+from .. import __version__
+from .encoding import encode_batch, model_inputs, model_max_length, token_count
 from .errors import InputError, ModelError
 from .hooks import AttentionHook, Injection, check_supported, model_num_heads, model_num_layers
-from .inference import encode_batch, model_inputs, model_max_length, token_count
 from .quadrature import DEFAULT_RULE, DEFAULT_STEPS, RULES
 from .quadrature import rule as quadrature_rule
 from .result import Attribution
@@ -90,7 +90,7 @@ def attribute_many(
         (text, text_pair) tuples.
     target: "predicted" (default), "gold" (each example's label), or a class index.
     output: F is the target's "prob" (default, as the paper), "logit" or "logprob".
-    rule, steps: the integration rule (`attattr.quadrature.RULES`) and its number of nodes;
+    rule, steps: the integration rule (`attattr.core.quadrature.RULES`) and its number of nodes;
         steps="auto" with Gauss-Legendre uses the benchmarked node count.
     layers: the layers to attribute (default all).
     dtype: None/"float32" (exact), "bfloat16" (autocast) or "auto" (bf16 where the hardware has it).

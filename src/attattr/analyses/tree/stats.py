@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputError
-from .hooks import AttentionHook
-from .inference import encode_batch, model_inputs, model_max_length
-from .result import Attribution
-from .runstore import RunStore
-from .tree import AttributionTree, build_tree, check_threshold
+from ...core.encoding import encode_batch, model_inputs, model_max_length
+from ...core.errors import InputError
+from ...core.hooks import AttentionHook
+from ...core.result import Attribution
+from ..runs import RunStore
+from .build import AttributionTree, build_tree, check_threshold
 
 DEFAULT_KS = (0, 1, 2, 5, 10, 20, 50)
 # "-nonroot": the same ranking restricted to connections outside the root's query row, i.e. to the
@@ -226,7 +226,7 @@ def run_tree_stats(
     out_dir: where the run file goes (resumed when present with the same settings); None: memory.
     settings: extra settings recorded in the run file (model and data names, ...).
     attr_options: passed to `attattr.attribute_many` (target, output, steps, rule, dtype, ...)."""
-    from .engine import attribute_many
+    from ...core.engine import attribute_many
 
     threshold = check_threshold(threshold)
     ks = _check_ks(ks)
@@ -287,7 +287,7 @@ def _plain_setting(value):
 
 
 def _num_layers(model, layers) -> list[int]:
-    from .hooks import model_num_layers
+    from ...core.hooks import model_num_layers
 
     return sorted(layers) if layers else list(range(model_num_layers(model)))
 
@@ -424,8 +424,8 @@ def write_outputs(summary: dict[str, Any], out_dir: str | Path, *, title: str = 
     """tree_stats.json and the figures (size/depth histograms, receptive field, faithfulness)."""
     import json
 
-    from .plots.style import save_figure
-    from .plots.tree import plot_faithfulness, plot_receptive_field, plot_size_depth
+    from ...render.plots.style import save_figure
+    from ...render.plots.tree import plot_faithfulness, plot_receptive_field, plot_size_depth
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Figures for attribution trees: one tree, and the dataset analyses of `attattr.tree_stats`.
+"""Figures for attribution trees: one tree, and the dataset analyses of `attattr.analyses.tree.stats`.
 
 Tree drawing: tokens along the bottom in input order; each tree node sits above its token at the
 height of the layer where it joined (the root on top); edges go from parent down to child, their
@@ -17,7 +17,7 @@ from matplotlib import colors as mcolors
 from matplotlib.patches import FancyArrowPatch
 from matplotlib.ticker import MaxNLocator
 
-from ..tree import AttributionTree, _title
+from ...analyses.tree.build import AttributionTree, _title
 from .style import SEQUENTIAL, save_figure
 
 FADED = "#b0b0b0"

@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputError, ResultFileError
-from .hooks import AttentionHook, model_num_heads, model_num_layers
-from .inference import encode_batch, model_inputs, model_max_length, predict, token_count
-from .runstore import RunStore
+from ...core.encoding import encode_batch, model_inputs, model_max_length, predict, token_count
+from ...core.errors import InputError, ResultFileError
+from ...core.hooks import AttentionHook, model_num_heads, model_num_layers
+from ..runs import RunStore
 
 METHODS = ("attattr", "attention", "taylor", "accuracy-diff", "random")
 IMPORTANCE_FORMAT = "attattr-importance/1"
@@ -316,7 +316,7 @@ def _attribution_records(
     model, tokenizer, members: list[_Ex], *, steps, rule, dtype, memory_budget
 ) -> list[dict[str, Any]]:
     """Per example: the attribution importance (gold label) and the max-attention importance."""
-    from .engine import attribute_many
+    from ...core.engine import attribute_many
 
     out = []
     for attr in attribute_many(

@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..result import Attribution
+from ...core.result import Attribution
 from .style import DIVERGING, SEQUENTIAL, save_figure
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import ResultFileError
+from ..core.errors import ResultFileError
 
 FORMAT = "attattr-run/1"
 

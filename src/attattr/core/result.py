@@ -134,7 +134,7 @@ class Attribution:
 
     def tree(self, threshold: float = 0.4, **options):
         """The attribution tree of this example (the paper's Algorithm 1); options go to `build_tree`."""
-        from .tree import build_tree
+        from ..analyses.tree.build import build_tree
 
         return build_tree(self, threshold=threshold, **options)
 

@@ -1,6 +1,6 @@
 """The HTML report: one self-contained file that opens anywhere, offline.
 
-    from attattr.report import Section, write_report
+    from attattr.render.report import Section, write_report
     write_report("out/", attribution=attr)                 # -> out/report.html
     write_report("runs/heads.html", sections=[Section("Pruning", "...", images=["curve.png"])])
 
@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import AttattrError, InputError
-from ..result import Attribution
+from ...core.errors import AttattrError, InputError
+from ...core.result import Attribution
 
 __all__ = ["REPORT_FILE", "Section", "render_report", "write_report"]
 
@@ -142,7 +142,7 @@ def render_report(
     if not body:
         body.append('<section><p class="note">This report is empty: nothing was given to show.</p></section>')
 
-    from .. import __version__
+    from ... import __version__
 
     parts = {
         "title": _esc(title),

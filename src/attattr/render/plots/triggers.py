@@ -16,7 +16,7 @@ COLORS = {"before": "#9e9e9e", "trigger": "#c62828", "control": "#1565c0"}
 def plot_attack(report, path: str | Path, *, columns: int = 3) -> list[Path]:
     """One panel per attacked pattern; writes `path`.png and `path`.svg and returns the paths.
 
-    `report`: an `attattr.triggers.AttackReport`."""
+    `report`: an `attattr.analyses.triggers.AttackReport`."""
     results = report.results
     if not results:
         raise ValueError("the attack report has no patterns to plot")

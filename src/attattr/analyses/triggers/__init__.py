@@ -47,9 +47,9 @@ from typing import Any
 
 import torch
 
-from .errors import DataError, InputError, ResultFileError
-from .inference import token_count
-from .result import Attribution
+from ...core.encoding import token_count
+from ...core.errors import DataError, InputError, ResultFileError
+from ...core.result import Attribution
 
 FORMAT = "attattr-patterns/1"
 TOP2_RATIO = 0.2  # the second pair joins the trigger when its score >= 0.2 x the first's (SPEC §4)
@@ -354,8 +354,8 @@ def mine_patterns(
     `RunStore` (or a path for one) that makes the run resumable: finished examples are read back,
     not computed again. `progress(n)` is called as examples finish (skipped ones included).
     """
-    from .engine import attribute_many
-    from .runstore import RunStore
+    from ...core.engine import attribute_many
+    from ..runs import RunStore
 
     if examples < 1:
         raise InputError(f"examples must be >= 1, got {examples}")
@@ -877,7 +877,7 @@ def attack(
     adversarial on a class when its accuracy drop is positive and exceeds the control's drop by
     more than `control_sigmas` standard deviations of the control.
     """
-    from .inference import model_max_length, predict
+    from ...core.encoding import model_max_length, predict
 
     examples = list(dataset)
     if not examples:

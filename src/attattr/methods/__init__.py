@@ -1,0 +1,1 @@
+"""Head-importance methods, registered by name: AttAttr and the baselines."""

@@ -1,0 +1,1 @@
+"""Outputs for readers: figures (plots/) and the offline HTML report (report/)."""
