@@ -7,10 +7,9 @@ attr.head_importance()      # [layers, heads]
 attr.top_edges(5)           # strongest token -> token connections
 """
 
-__version__ = "0.1.0"
-
 from . import data, models  # noqa: E402
 from .core.engine import attribute, attribute_many  # noqa: E402
 from .core.result import Attribution, Edge  # noqa: E402
+from .version import __version__  # noqa: E402
 
 __all__ = ["Attribution", "Edge", "attribute", "attribute_many", "data", "models", "__version__"]

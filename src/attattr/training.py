@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
+from .version import __version__
 from .core.errors import InputError
 from .data import Dataset, load_dataset
 from .models import (

@@ -70,7 +70,7 @@ def explain(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables."),
 ) -> None:
-    from .. import attribute
+    from ..core.engine import attribute
     from ..models import load
 
     loaded = load(model, quiet=json_out)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from .encoding import encode_batch, model_inputs, model_max_length, token_count
 from .errors import InputError, ModelError
 from .hooks import AttentionHook, Injection, check_supported, model_num_heads, model_num_layers
