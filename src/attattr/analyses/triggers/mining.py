@@ -1,20 +1,28 @@
-"""Mining a dataset: one pattern per example, ranked by score sum (docs/triggers.md)."""
+"""Mining a dataset: one pattern per example, ranked by score sum (docs/triggers.md), through the
+one dataset runner (`attattr.analyses.runs`, job kind "triggers.mine")."""
 
 from __future__ import annotations
 
+import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ...core.encoding import token_count
 from ...core.errors import DataError, InputError
+from ..runs import Executor, Job, MemoryStore, RunExample, RunStore, as_examples, register_shard_function, run
+from .attack import match_labels
 from .patterns import Pattern, mine_pattern, rank_patterns
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 MIN_TOKENS = 15  # inputs shorter than this (special tokens included) are skipped when mining
 ORDERS = ("random", "first")  # which examples are mined: a seeded sample, or the first N
+MINE_KIND = "triggers.mine"  # the dataset runner's job kind (a registered shard function)
 
 
 @dataclass
@@ -57,9 +65,9 @@ def mining_settings(
 
 
 def mine_patterns(
-    model,
-    tokenizer,
-    dataset,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: Sequence[Any],
     *,
     examples: int = 500,
     min_tokens: int = MIN_TOKENS,
@@ -68,11 +76,12 @@ def mine_patterns(
     order: str = "random",
     seed: int = 0,
     batch_size: int = 8,
-    store=None,
+    store: MemoryStore | str | os.PathLike | None = None,
     progress: Callable[[int], None] | None = None,
     model_id: str | None = None,
     label_names: list[str] | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
+    executor: Executor | None = None,
 ) -> MiningResult:
     """Mine one pattern per example for `examples` examples of `dataset`.
 
@@ -80,19 +89,23 @@ def mine_patterns(
     dataset order), "first" the first `examples` examples. The paper took the first 500 of SST-2's
     training set, whose order is already random; the built-in splits keep their source order, which
     for Rotten Tomatoes and IMDB puts every positive example before every negative one.
-    Inputs with fewer than `min_tokens` tokens (special tokens included) are skipped. `store`: a
-    `RunStore` (or a path for one) that makes the run resumable: finished examples are read back,
-    not computed again. `progress(n)` is called as examples finish (skipped ones included).
-    """
-    from ...core.engine import attribute_many
-    from ..runs import RunStore
+    Inputs with fewer than `min_tokens` tokens (special tokens included) are skipped.
 
+    The examples run through the dataset runner (`attattr.analyses.runs`) as the job
+    "triggers.mine": shards of up to `batch_size` examples of similar length, each shard's records
+    appended to `store` as soon as it is done. `store`: a `RunStore` (or a path for one) that makes
+    the run resumable: finished examples are read back, not computed again. `progress(n)` is called
+    as examples finish (skipped ones included). With the model's `label_names`, a
+    `data.Dataset`'s gold labels are checked against them (`attack.match_labels`).
+    """
     if examples < 1:
         raise InputError(f"examples must be >= 1, got {examples}")
     if order not in ORDERS:
         raise InputError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
     if min_tokens < 0:
         raise InputError(f"min_tokens must be >= 0, got {min_tokens}")
+    if len(dataset) == 0:
+        raise DataError("the dataset has no examples to mine")
     model_id = model_id or _model_id(model)
     settings = mining_settings(
         model,
@@ -106,69 +119,74 @@ def mine_patterns(
         seed=seed,
         model_id=model_id,
     )
-    if store is not None and not isinstance(store, RunStore):
-        store = RunStore(store, settings)
-    chosen = [dataset[i] for i in sample_indices(len(dataset), examples, order=order, seed=seed)]
-    if not chosen:
-        raise DataError("the dataset has no examples to mine")
-    label_names = label_names or getattr(dataset, "label_names", None)
-    ids = [str(ex.id) for ex in chosen]
-    if len(set(ids)) != len(ids):
-        raise DataError("example ids are not unique; mining cannot resume reliably")
+    if dtype is not None:  # bf16 changes the numbers; the default keeps the settings of older runs
+        settings["dtype"] = str(dtype).removeprefix("torch.")
+    dataset = match_labels(dataset, label_names, int(model.config.num_labels))
+    names = label_names or getattr(dataset, "label_names", None)
+    job = Job(MINE_KIND, settings, options={"label_names": list(names) if names else None})
+    if store is not None and not isinstance(store, MemoryStore):
+        store = RunStore(store, job)
+    items = as_examples(dataset)
+    chosen = [items[i] for i in sample_indices(len(items), examples, order=order, seed=seed)]
+    records = run(
+        job,
+        chosen,
+        model=model,
+        tokenizer=tokenizer,
+        store=store,
+        executor=executor,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    patterns = rank_patterns(Pattern.from_dict(r["pattern"]) for r in records if r.get("pattern"))
+    skipped = sum(1 for r in records if r.get("skipped"))
+    return MiningResult(patterns=patterns, considered=len(chosen), skipped=skipped, settings=job.settings)
+
+
+@register_shard_function(MINE_KIND)
+def mine_shard(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[RunExample],
+    job: Job,
+) -> list[dict[str, Any]]:
+    """The records of one shard of a mining run, in shard order: {"id", "skipped" ("short" or
+    None), "tokens", "pattern" (a `Pattern.to_dict()` or None)}."""
+    from ...core import engine  # looked up at call time, so a test can watch the engine's calls
+
+    s = job.settings
     records: dict[str, dict[str, Any]] = {}
-    if store is not None:
-        records.update({r["id"]: r for r in store.ordered(ids)})
-
-    def finish(record: dict[str, Any]) -> None:
-        records[record["id"]] = record
-        if store is not None:
-            store.append(record)
-
-    if progress is not None and records:
-        progress(len(records))  # finished in an earlier run
     todo = []
-    for ex in chosen:
-        if str(ex.id) in records:
-            continue
+    for ex in examples:
         n = token_count(tokenizer, ex.text, ex.text_pair)
-        if n < min_tokens:
-            finish({"id": str(ex.id), "skipped": "short", "tokens": n, "pattern": None})
-            if progress is not None:
-                progress(1)
+        if n < s["min_tokens"]:
+            records[ex.id] = {"id": ex.id, "skipped": "short", "tokens": n, "pattern": None}
         else:
             todo.append(ex)
     if todo:
-        results = attribute_many(
+        attributions = engine.attribute_many(
             model,
             tokenizer,
             todo,
-            batch_size=batch_size,
-            on_example=progress,
-            target="predicted",
-            output="prob",
-            steps=steps,
-            rule=rule,
-            model_id=model_id,
-            label_names=label_names,
-            dtype=dtype,
+            batch_size=len(todo),
+            target=s["target"],
+            output=s["output"],
+            steps=s["steps"],
+            rule=s["rule"],
+            model_id=s["model_id"],
+            label_names=job.options.get("label_names"),
+            dtype=s.get("dtype"),
         )
-        for ex, attr in zip(todo, results, strict=True):
-            if attr.example_id is None:
-                attr.example_id = str(ex.id)
+        for ex, attr in zip(todo, attributions, strict=True):
+            attr.example_id = ex.id
             pattern = mine_pattern(attr, tokenizer)
-            finish(
-                {
-                    "id": str(ex.id),
-                    "skipped": None,
-                    "tokens": attr.num_tokens,
-                    "pattern": pattern.to_dict() if pattern else None,
-                }
-            )
-    ordered = [records[i] for i in ids]
-    patterns = [Pattern.from_dict(r["pattern"]) for r in ordered if r.get("pattern")]
-    patterns = rank_patterns(patterns)
-    skipped = sum(1 for r in ordered if r.get("skipped"))
-    return MiningResult(patterns=patterns, considered=len(chosen), skipped=skipped, settings=settings)
+            records[ex.id] = {
+                "id": ex.id,
+                "skipped": None,
+                "tokens": attr.num_tokens,
+                "pattern": pattern.to_dict() if pattern else None,
+            }
+    return [records[ex.id] for ex in examples]
 
 
 def sample_indices(size: int, examples: int, *, order: str = "random", seed: int = 0) -> list[int]:

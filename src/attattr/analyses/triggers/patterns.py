@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ...core.result import Attribution
+from ..runs import as_examples
 from .words import (
     Inserted,
     PatternToken,
@@ -177,13 +178,5 @@ def insert_trigger(
     a (text, pair) tuple) at their relative word positions in their segments; the result encodes
     to at most `max_length` tokens (the example's own tokens are cut, never the trigger)."""
     words = trigger_tokens(pattern, ratio=ratio) if isinstance(pattern, Pattern) else list(pattern)
-    text, pair = _texts(example)  # TODO runs.as_examples
-    return insert_words(tokenizer, text, pair, words, max_length)
-
-
-def _texts(example) -> tuple[str, str | None]:
-    if isinstance(example, str):
-        return example, None
-    if isinstance(example, tuple):
-        return example[0], (example[1] if len(example) > 1 else None)
-    return example.text, getattr(example, "text_pair", None)
+    (item,) = as_examples([example])
+    return insert_words(tokenizer, item.text, item.text_pair, words, max_length)
