@@ -11,10 +11,10 @@ import torch
 
 import attattr
 from attattr.analyses.tree import stats as tree_stats
-from attattr.analyses.tree.stats import ConnectionGateHook, connection_faithfulness, output_of, run_tree_stats
+from attattr.analyses.tree.stats import connection_faithfulness, output_of, run_tree_stats
 from attattr.core.encoding import encode_batch, model_inputs
 from attattr.core.errors import InputError, ResultFileError
-from attattr.core.hooks import AttentionHook
+from attattr.core.hooks import AttentionHook, ConnectionGate
 from tests.tiny import tiny_model, tiny_tokenizer
 
 TEXTS = [
@@ -43,9 +43,7 @@ def tiny():
 
 def _forward(model, tokenizer, text, gates=None, head_gates=None):
     enc, _ = encode_batch(tokenizer, [text], max_length=64)
-    with ConnectionGateHook(model, head_gates=head_gates) as hook:
-        if gates is not None:
-            hook.connection_gates = gates
+    with AttentionHook(model, head_gates=head_gates, edits=[ConnectionGate(gates)]):
         with torch.no_grad():
             return model(**model_inputs(enc, model)).logits, enc["input_ids"].shape[1]
 
@@ -88,31 +86,20 @@ def test_gating_matches_a_hand_made_attention_edit(tiny):
     gate = torch.ones(1, 4, n, n)
     gate[0, 1, 2, 0] = 0.0
     gate[0, 3, 4, 4] = 0.0
-    with ConnectionGateHook(model) as hook:
-        hook.connection_gates = {0: gate}
+    with AttentionHook(model, edits=[ConnectionGate({0: gate})]):
         with torch.no_grad():
             gated = model(**inputs).logits
 
-    # the same edit done by hand with a forward hook on layer 0's attention output
-    from attattr.core import hooks as hooks_module
-
-    original = hooks_module.AttentionHook.on_attention
-
-    def edit(self, probs):
-        layer = self._layer
-        probs = original(self, probs)
-        if layer == 0:
+    # the same edit done by hand: a plain function edit of layer 0's probabilities
+    def edit(probs, context):
+        if context.layer == 0:
             probs = probs.clone()
             probs[0, 1, 2, 0] = 0.0
             probs[0, 3, 4, 4] = 0.0
         return probs
 
-    hooks_module.AttentionHook.on_attention = edit
-    try:
-        with AttentionHook(model), torch.no_grad():
-            by_hand = model(**inputs).logits
-    finally:
-        hooks_module.AttentionHook.on_attention = original
+    with AttentionHook(model, edits=[edit]), torch.no_grad():
+        by_hand = model(**inputs).logits
     assert torch.allclose(gated, by_hand, atol=1e-6)
 
 

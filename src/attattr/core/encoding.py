@@ -8,7 +8,9 @@ import torch
 from transformers import BatchEncoding
 
 from .errors import InputError
-from .hooks import AttentionHook
+from .hooks import AttentionHook, HeadGate
+from .objectives import readout_for
+from .shapes import ClassProbabilities, ExampleHeadTable, HeadTable
 
 
 def model_max_length(model, tokenizer) -> int:
@@ -96,29 +98,32 @@ def predict(
     pairs: Sequence[str | None] | None = None,
     *,
     batch_size: int = 32,
-    head_gates: torch.Tensor | None = None,
+    head_gates: HeadTable | ExampleHeadTable | None = None,
     max_length: int | None = None,
     dtype: torch.dtype | None = None,
     on_batch: Callable[[int], None] | None = None,
-) -> torch.Tensor:
+) -> ClassProbabilities:
     """Class probabilities `[examples, classes]` (float32). `head_gates`: None, `[layers, heads]`
-    (the same for all examples) or `[examples, layers, heads]` multipliers of attention probabilities."""
+    (the same for all examples) or `[examples, layers, heads]` multipliers of attention probabilities.
+    Each example is classified as the engine reads it (`objectives.readout_for`)."""
     model.eval()
     device = next(model.parameters()).device
     max_length = max_length or model_max_length(model, tokenizer)
     pairs = list(pairs) if pairs is not None else [None] * len(texts)
+    readout = readout_for(model)
+    gate = HeadGate(head_gates) if head_gates is not None else None
     out = []
-    with AttentionHook(model) as hook:
+    with AttentionHook(model, edits=[gate] if gate is not None else []) as hook:
         for start in range(0, len(texts), batch_size):
             stop = min(start + batch_size, len(texts))
             enc, _ = encode_batch(
                 tokenizer, texts[start:stop], pairs[start:stop], max_length=max_length, device=device
             )
-            if head_gates is not None:
-                hook.head_gates = head_gates[start:stop] if head_gates.dim() == 3 else head_gates
+            if gate is not None and head_gates.dim() == 3:
+                gate.gates = head_gates[start:stop]
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = model(**model_inputs(enc, model)).logits
-            out.append(torch.softmax(logits.float(), dim=-1))
+                logits = readout(model, model_inputs(enc, model), hook).class_logits()
+            out.append(torch.softmax(logits, dim=-1))
             if on_batch is not None:
                 on_batch(stop - start)
     return torch.cat(out) if out else torch.zeros(0, model.config.num_labels)

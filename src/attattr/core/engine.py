@@ -23,12 +23,13 @@ import torch
 from ..version import __version__
 from .encoding import encode_batch, model_inputs, model_max_length, token_count
 from .errors import InputError, ModelError
-from .hooks import AttentionHook, Injection, check_supported, model_num_heads, model_num_layers
+from .hooks import AttentionHook, Record, Scale, check_supported, model_num_heads, model_num_layers
+from .objectives import OBJECTIVES, Objective, make_objective
 from .quadrature import DEFAULT_RULE, DEFAULT_STEPS, RULES
 from .quadrature import rule as quadrature_rule
 from .result import Attribution
 
-OUTPUTS = ("prob", "logit", "logprob")
+OUTPUTS = tuple(OBJECTIVES)  # the registered objectives F (see objectives.py)
 # steps="auto": the fewest Gauss-Legendre nodes whose integration error is at most that of the
 # paper's 20-step right Riemann sum, measured by `make bench` (see benchmarks/README.md): on minilm-rt
 # over RT dev sentences, 3 nodes gave a mean relative error of 1.8e-2 against 5.1e-2 for the paper's
@@ -100,15 +101,13 @@ def attribute_many(
     if fast:
         rule, steps, dtype = "gauss-legendre", "auto", "auto"
     check_supported(model)
-    if output not in OUTPUTS:
-        raise InputError(f"unknown output {output!r}; choose one of: {', '.join(OUTPUTS)}")
+    objective = make_objective(output, target)
     if rule not in RULES:
         raise InputError(f"unknown integration rule {rule!r}; choose one of: {', '.join(RULES)}")
     if steps == "auto":
         steps = AUTO_GAUSS_NODES if rule == "gauss-legendre" else DEFAULT_STEPS
     alphas, weights = quadrature_rule(rule, steps)
     num_layers, num_heads = model_num_layers(model), model_num_heads(model)
-    num_labels = model.config.num_labels
     if layers is None:
         layers = list(range(num_layers))
     else:
@@ -116,11 +115,7 @@ def attribute_many(
         bad = [x for x in layers if not 0 <= x < num_layers]
         if bad or not layers:
             raise InputError(f"layers must be within 0..{num_layers - 1}, got {bad or 'none'}")
-    if isinstance(target, int) and not isinstance(target, bool):
-        if not 0 <= target < num_labels:
-            raise InputError(f"target class {target} out of range: the model has {num_labels} classes")
-    elif target not in ("predicted", "gold"):
-        raise InputError(f"target must be 'predicted', 'gold' or a class index, got {target!r}")
+    objective.check(model)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size!r}")
     autocast_dtype = resolve_dtype(dtype, device or _model_device(model))
@@ -133,7 +128,7 @@ def attribute_many(
     label_names = list(label_names) if label_names else _label_names(model)
     budget = memory_budget or default_memory_budget(device)
     settings = _Settings(
-        target,
+        objective,
         output,
         rule,
         int(steps),
@@ -147,13 +142,7 @@ def attribute_many(
     )
 
     items = [_as_item(x, i) for i, x in enumerate(examples)]
-    if target == "gold":
-        missing = [it.id for it in items if it.label is None]
-        if missing:
-            raise InputError(f"target='gold' needs a label for every example; missing for {missing[:3]}")
-        bad_labels = [it.label for it in items if not 0 <= int(it.label) < num_labels]
-        if bad_labels:
-            raise InputError(f"gold label {bad_labels[0]} out of range: the model has {num_labels} classes")
+    objective.check_labels([it.label for it in items], [it.id for it in items], model)
     for it in items:
         if not isinstance(it.text, str) or not it.text.strip():
             raise InputError(f"text is empty{f' (example {it.id})' if it.id is not None else ''}")
@@ -214,7 +203,7 @@ def length_batches(order: Sequence[int], lengths: Sequence[int], batch_size: int
 
 @dataclass
 class _Settings:
-    target: str | int
+    objective: Objective
     output: str
     rule: str
     steps: int
@@ -242,39 +231,37 @@ def _attribute_batch(
     mask = enc["attention_mask"]  # [B, n]
     bsz, n = mask.shape
     clean = torch.arange(bsz, device=device)
+    objective, readout = s.objective, s.objective.readout(model)
 
-    with AttentionHook(model, record=True) as hook, _frozen(model):
+    with AttentionHook(model) as hook, _frozen(model):
         # Reference pass, no gradients: A for every layer, F(A), and F(0 * A^l) for every target layer.
         # Only the clean rows' A is kept: the baseline rows' would be (L + 1) times the memory.
-        hook.reset()
-        hook.record_rows = bsz
+        # Rows: [clean rows] + [one zeroed copy per target layer].
+        recorder = Record(rows=bsz)
+        hook.edits = [recorder]
         rows = bsz
         for layer in s.layers:
             hook.row_selections[layer] = torch.cat([torch.arange(rows, device=device), clean])
-            hook.injections[layer] = Injection(rows, torch.zeros(bsz), make_leaf=False)
+            hook.edits.append(Scale(layer, rows, torch.zeros(bsz), make_leaf=False))
             rows += bsz
         with torch.no_grad(), _autocast(device, s.dtype):
-            logits = model(**inputs).logits.float()
-        attentions = {layer: hook.attentions[layer].float() for layer in s.layers}  # [B, H, n, n]
-        clean_logits = logits[:bsz]
-        probabilities = torch.softmax(clean_logits, dim=-1)
-        predicted = probabilities.argmax(dim=-1)
-        if s.target == "predicted":
-            targets = predicted
-        elif s.target == "gold":
-            targets = torch.tensor([int(it.label) for it in batch], device=device)
-        else:
-            targets = torch.full((bsz,), int(s.target), device=device)
-        output_values = _output(clean_logits, targets, s.output)  # [B]
-        baselines = _output(logits[bsz:], targets.repeat(len(s.layers)), s.output).view(len(s.layers), bsz)
+            outputs = readout(model, inputs, hook)
+        attentions = {layer: recorder.attentions[layer].float() for layer in s.layers}  # [B, H, n, n]
+        reference = outputs.rows(slice(0, bsz))
+        probabilities, predicted = objective.predictions(reference)
+        targets = objective.resolve(reference, [it.label for it in batch])  # [B]
+        values = objective(outputs, targets)  # [rows]
+        output_values = values[:bsz]
+        baselines = values[bsz:].view(len(s.layers), bsz)
+        del outputs, reference, values
 
         # Gradient passes: integrated gradients of F w.r.t. each target layer's scaled attention.
-        hook.record = False
         integrated = {layer: torch.zeros_like(attentions[layer]) for layer in s.layers}
         alphas = torch.tensor(s.alphas, dtype=torch.float32)
         weights = torch.tensor(s.weights, dtype=torch.float32, device=device)
         for units in plan_passes(s.layers, len(s.alphas), s.num_layers, bsz, n, model, s.budget, s.dtype):
-            hook.reset()
+            hook.row_selections.clear()
+            hook.edits = []
             # Rows while a pass runs: [clean rows (until the last target layer)] + [scaled copies].
             copies = 0
             row_weights = []
@@ -286,22 +273,19 @@ def _attribute_batch(
                 index += [torch.arange(bsz, bsz + copies, device=device), clean.repeat(k)]
                 hook.row_selections[layer] = torch.cat(index)
                 start = (bsz if keep_clean else 0) + copies
-                hook.injections[layer] = Injection(
-                    start, alphas[k0:k1].repeat_interleave(bsz), make_leaf=True
-                )
+                hook.edits.append(Scale(layer, start, alphas[k0:k1].repeat_interleave(bsz), make_leaf=True))
                 row_weights.append(weights[k0:k1].repeat_interleave(bsz))
                 copies += k * bsz
-            with torch.enable_grad(), _autocast(device, s.dtype):
-                out_logits = model(**inputs).logits.float()  # [copies, C], copies in unit order
-            row_w = torch.cat(row_weights)
-            row_targets = targets.repeat(row_w.shape[0] // bsz)
-            objective = (_output(out_logits, row_targets, s.output) * row_w).sum()
-            leaves = [hook.leaves[layer] for layer, _, _ in units]
-            grads = torch.autograd.grad(objective, leaves)
+            with torch.enable_grad():
+                with _autocast(device, s.dtype):
+                    outputs = readout(model, inputs, hook)  # rows: the copies, in unit order
+                total = (objective(outputs, targets) * torch.cat(row_weights)).sum()
+            leaves = [edit.leaf for edit in hook.edits]
+            grads = torch.autograd.grad(total, leaves)
             for (layer, k0, k1), grad in zip(units, grads, strict=True):
                 integrated[layer] += grad.float().view(k1 - k0, bsz, *grad.shape[1:]).sum(0)
-            del out_logits, objective, leaves, grads
-        hook.reset()
+            del outputs, total, leaves, grads
+        hook.edits = []
 
     versions = _versions()
     results = []
@@ -321,7 +305,7 @@ def _attribute_batch(
                 special_mask=[i in set(tokenizer.all_special_ids) for i in ids],
                 layers=list(s.layers),
                 target=int(targets[b]),
-                target_mode=s.target if isinstance(s.target, str) else "index",
+                target_mode=objective.target_mode,
                 output=s.output,
                 output_value=float(output_values[b]),
                 baseline_values=[float(x) for x in baselines[:, b]],
@@ -444,17 +428,6 @@ def _frozen(model) -> Iterator[None]:
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
-
-
-def _output(logits: torch.Tensor, targets: torch.Tensor, output: str) -> torch.Tensor:
-    """F per row: the target class's probability, logit or log-probability. logits: [rows, C]."""
-    if output == "logit":
-        chosen = logits
-    elif output == "logprob":
-        chosen = torch.log_softmax(logits, dim=-1)
-    else:
-        chosen = torch.softmax(logits, dim=-1)
-    return chosen.gather(1, targets.view(-1, 1).to(logits.device)).squeeze(1)
 
 
 def _as_item(x, index: int) -> _Item:

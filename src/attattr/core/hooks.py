@@ -1,13 +1,22 @@
-"""Our attention function, registered with transformers' AttentionInterface.
+"""Our attention function, registered with transformers' AttentionInterface, and the edits it applies.
 
-Installed on a model for the duration of a `with AttentionHook(model):` block, it computes
-attention exactly like the eager implementation and, on request:
-  (a) records each layer's attention probabilities,
-  (b) replaces one layer's probabilities by alpha * A for a slice of the batch rows, optionally
-      as a leaf tensor whose gradient is the attribution integrand,
-  (c) multiplies chosen heads' probabilities by gates (head pruning, Taylor importance),
-and it can re-select batch rows at a layer's entry, so that the layers below a target layer run
-once per example while the scaled copies exist only from the target layer up (prefix reuse).
+Installed on a model for the duration of a `with AttentionHook(model):` block, it computes attention
+exactly like the eager implementation, then passes each layer's probabilities through the hook's
+list of edits. An edit is any callable `edit(probs, context) -> probs` (`Probs` is
+`[rows, heads, query, key]`; the `EditContext` names the layer, the attention module and each row's
+origin example). The edits provided here:
+  Record          keep each layer's probabilities (`hook.attentions`)
+  Scale           replace one layer's probabilities by alpha * A on a slice of rows, optionally as a
+                  leaf tensor whose gradient is the attribution integrand
+  HeadGate        multiply chosen heads' probabilities by gates (head pruning, Taylor importance)
+  ConnectionGate  multiply single entries (head, query, key) by gates (edge faithfulness)
+The hook can also re-select batch rows at a layer's entry (`row_selections`), so that the layers
+below a target layer run once per example while the scaled copies exist only from that layer up
+(prefix reuse); `row_origin` then says which example each row inside the model came from.
+
+The attention function accepts exactly the keyword arguments it implements and refuses any other
+(Gemma-2's `softcap`, gpt-oss's attention sinks `s_aux`, ...) with UnsupportedModelError: an
+argument silently ignored would give wrong numbers.
 
 "Layer" means the k-th attention call of a forward pass, which also covers ALBERT's shared layer.
 """
@@ -16,7 +25,9 @@ from __future__ import annotations
 
 import contextvars
 import weakref
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -24,6 +35,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 from .errors import UnsupportedModelError
+from .shapes import ConnectionGates, ExampleHeadTable, HeadTable, Origins, Probs
 
 ATTENTION_NAME = "attattr"
 
@@ -36,39 +48,121 @@ NOT_ON_INTERFACE = {
     "xlnet": "XLNet's two-stream attention is computed inline, not through AttentionInterface",
 }
 
+# Keyword arguments the attention function accepts although it does not use them, and why that is
+# exact. Checked for transformers 5 on BERT, RoBERTa, DistilBERT, ELECTRA, ALBERT, Llama, Qwen2,
+# Qwen3, Mistral, GPT-2, Gemma, Gemma-3 and Phi-3.
+IGNORED_ARGUMENTS = {
+    "position_ids": "positions are already in the query and key (rotary) or the embeddings",
+    "use_cache": "the cache is updated by the attention module before the call",
+    "output_attentions": "the probabilities are always returned",
+    "encoder_hidden_states": "cross-attention keys and values arrive already projected",
+}
+# Arguments that change the result and that this function does not implement: refused unless None.
+NOT_IMPLEMENTED = {
+    "softcap": "tanh soft-capping of attention scores (Gemma-2)",
+    "s_aux": "attention sinks (gpt-oss)",
+    "position_bias": "an additive position bias (T5-style)",
+}
+
 _ACTIVE: contextvars.ContextVar[AttentionHook | None] = contextvars.ContextVar("attattr_hook", default=None)
 
 
-@dataclass
-class Injection:
-    """Replace a layer's attention probabilities by alphas * A on rows [start, start + len(alphas))."""
-
-    start: int
-    alphas: torch.Tensor  # [rows] float32
-    make_leaf: bool = True
-
-
-def _attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    # query: [batch, heads, q_len, head_dim]; key/value: [batch, kv_heads, k_len, head_dim]
+def _attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    *,
+    sliding_window: int | None = None,
+    is_causal: bool | None = None,
+    **others,
+) -> tuple[torch.Tensor, Probs]:
+    check_arguments(others)
+    probs = attention_probs(query, key, attention_mask, scaling, sliding_window, is_causal)
     hook = _ACTIVE.get()
+    if hook is not None:
+        probs = hook.on_attention(probs, module)
+    return _attention_output(module, probs, value, dropout), probs
+
+
+def check_arguments(others: dict) -> None:
+    """Raise UnsupportedModelError naming any argument the attention function does not implement."""
+    for name, value in others.items():
+        if name in IGNORED_ARGUMENTS or (name in NOT_IMPLEMENTED and value is None):
+            continue
+        what = NOT_IMPLEMENTED.get(name, "an argument attattr's attention function does not implement")
+        raise UnsupportedModelError(
+            f"unsupported attention argument {name}={_short(value)} ({what}): attattr computes attention "
+            "itself and would give wrong numbers if it ignored it"
+        )
+
+
+def attention_probs(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    is_causal: bool | None = None,
+) -> Probs:
+    """softmax(q k^T * scaling + mask), as the eager implementation computes it.
+    query: [batch, heads, q_len, head_dim]; key: [batch, kv_heads, k_len, head_dim]."""
     if key.shape[1] != query.shape[1]:  # grouped-query attention: share kv heads
-        groups = query.shape[1] // key.shape[1]
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
+        key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
     if scaling is None:
         scaling = query.size(-1) ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # [batch, heads, q, k]
+    q_len, k_len = scores.shape[-2:]
     if attention_mask is not None:
+        attention_mask = attention_mask[..., :k_len]
+        if sliding_window is not None:
+            _check_window(attention_mask, sliding_window, q_len, k_len)
         if attention_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
         else:
-            scores = scores + attention_mask[..., : key.shape[-2]]
-    probs = nn.functional.softmax(scores, dim=-1)  # [batch, heads, q, k]
-    if hook is not None:
-        probs = hook.on_attention(probs)
+            scores = scores + attention_mask
+    else:
+        if sliding_window is not None and sliding_window < k_len:
+            raise UnsupportedModelError(
+                f"unsupported attention: sliding_window={sliding_window} without an attention mask that applies it"
+            )
+        if is_causal and q_len > 1:
+            # what scaled_dot_product_attention(is_causal=True) does: top-left aligned
+            future = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).triu(1)
+            scores = scores.masked_fill(future, torch.finfo(scores.dtype).min)
+    return nn.functional.softmax(scores, dim=-1)
+
+
+def _attention_output(module: nn.Module, probs: Probs, value: torch.Tensor, dropout: float) -> torch.Tensor:
+    if value.shape[1] != probs.shape[1]:
+        value = value.repeat_interleave(probs.shape[1] // value.shape[1], dim=1)
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-    out = torch.matmul(probs.to(value.dtype), value)
-    return out.transpose(1, 2).contiguous(), probs
+    out = torch.matmul(probs.to(value.dtype), value)  # [batch, heads, q, head_dim]
+    return out.transpose(1, 2).contiguous()
+
+
+def _check_window(mask: torch.Tensor, window: int, q_len: int, k_len: int) -> None:
+    """A sliding window is applied by the mask the model built; refuse a mask that does not apply it.
+    Query i sits at position k_len - q_len + i; it may see key j only where position - j < window."""
+    position = torch.arange(k_len - q_len, k_len, device=mask.device)[:, None]
+    far = (position - torch.arange(k_len, device=mask.device)[None, :]) >= window  # [q, k]
+    if not bool(far.any()):
+        return
+    blocked = ~mask if mask.dtype == torch.bool else mask <= torch.finfo(mask.dtype).min / 2
+    if not bool(blocked[..., far].all()):
+        raise UnsupportedModelError(
+            f"unsupported attention: sliding_window={window} is not applied by the attention mask"
+        )
+
+
+def _short(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"<tensor {list(value.shape)}>"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 AttentionInterface.register(ATTENTION_NAME, _attention_forward)
@@ -91,29 +185,133 @@ def check_supported(model: nn.Module) -> None:
         )
 
 
+# ---- edits ------------------------------------------------------------------------------------
+@dataclass
+class EditContext:
+    """What an edit knows about the attention call it edits."""
+
+    layer: int  # the k-th attention call of this forward pass
+    origins: Origins  # for each row of `probs`, the input example it came from
+    module: nn.Module  # the attention module that called us
+
+
+class Edit(Protocol):
+    """A per-layer change of attention probabilities: `edit(probs, context) -> probs`.
+    An optional `start_pass()` method is called when a forward pass begins."""
+
+    def __call__(self, probs: Probs, context: EditContext) -> Probs: ...
+
+
+class Record:
+    """Keep each layer's probabilities in `attentions` {layer: [rows, heads, query, key]}, detached.
+    rows=N keeps only the first N rows, as a copy, so the other rows' probabilities are freed
+    after their layer."""
+
+    def __init__(self, rows: int | None = None):
+        self.rows = rows
+        self.attentions: dict[int, Probs] = {}
+
+    def start_pass(self) -> None:
+        self.attentions.clear()
+
+    def __call__(self, probs: Probs, context: EditContext) -> Probs:
+        n = self.rows
+        self.attentions[context.layer] = probs.detach() if n is None else probs[:n].detach().clone()
+        return probs
+
+
+@dataclass
+class Scale:
+    """At `layer`, replace the probabilities of rows [start, start + len(alphas)) by alphas * A
+    (A detached). With make_leaf the scaled tensor is a leaf that requires grad (`leaf`): the
+    gradient of F with respect to it is the attribution integrand at those alphas."""
+
+    layer: int
+    start: int
+    alphas: torch.Tensor  # [rows] float32
+    make_leaf: bool = True
+    leaf: torch.Tensor | None = field(default=None, repr=False)
+
+    def start_pass(self) -> None:
+        self.leaf = None
+
+    def __call__(self, probs: Probs, context: EditContext) -> Probs:
+        if context.layer != self.layer:
+            return probs
+        s, r = self.start, self.alphas.shape[0]
+        alphas = self.alphas.to(device=probs.device, dtype=probs.dtype)
+        scaled = alphas[:, None, None, None] * probs[s : s + r].detach()
+        if self.make_leaf:
+            scaled.requires_grad_(True)
+            self.leaf = scaled
+        return torch.cat([probs[:s], scaled, probs[s + r :]], dim=0)
+
+
+class HeadGate:
+    """Multiply each head's probabilities by a gate: `[layers, heads]` (the same for every row) or
+    `[examples, layers, heads]` (each row takes its origin example's gates). Gates may require
+    grad (Taylor importance)."""
+
+    def __init__(self, gates: HeadTable | ExampleHeadTable):
+        self.gates = gates
+
+    def __call__(self, probs: Probs, context: EditContext) -> Probs:
+        gates = self.gates
+        if gates.dim() == 2:
+            rows = gates[context.layer].unsqueeze(0).expand(probs.shape[0], -1)
+        else:
+            rows = gates[context.origins.to(gates.device), context.layer]  # [rows, heads]
+        return probs * rows[:, :, None, None].to(probs.dtype)
+
+
+class ConnectionGate:
+    """Multiply single attention entries by gates: {layer: `[rows, heads, query, key]`} (0 removes
+    the connection (head, query, key) for that row; a first dimension of 1 serves every row).
+    Layers without an entry are untouched. The row is not renormalised: as with head pruning, the
+    query token simply stops receiving that key's value through that head."""
+
+    def __init__(self, gates: dict[int, ConnectionGates] | None = None):
+        self.gates = dict(gates or {})
+
+    def __call__(self, probs: Probs, context: EditContext) -> Probs:
+        gates = self.gates.get(context.layer)
+        if gates is None:
+            return probs
+        return probs * gates.to(device=probs.device, dtype=probs.dtype)
+
+
+# ---- the hook ---------------------------------------------------------------------------------
 class AttentionHook:
     """Context manager: installs the attattr attention function on `model` and restores it after.
 
-    Attributes set by the caller between forward passes:
-      record            keep each layer's probabilities in `attentions` (detached)
-      record_rows       None (all rows) or N: keep only the first N rows (a copy, so the other rows'
-                        probabilities are freed after their layer)
-      head_gates        None, [layers, heads] or [examples, layers, heads] multipliers
-      injections        {layer: Injection}
+    `edits` are applied in order at every layer. The convenient constructor arguments add, in this
+    order: HeadGate(head_gates), Record() (record=True), then `edits`.
+    Set between forward passes:
+      edits             the list of edits (replace or append freely)
       row_selections    {layer: LongTensor of row indices taken at that layer's entry}
-    Filled by a forward pass: `attentions` {layer: [rows, heads, q, k]}, `leaves` {layer: tensor}.
+    Read after a forward pass:
+      attentions        {layer: [rows, heads, query, key]} of the first Record edit
+      leaves            {layer: tensor} of the Scale edits that made a leaf
+      row_origin        [rows]: for each row leaving the model, the input example it came from
     """
 
-    def __init__(self, model: nn.Module, *, record: bool = False, head_gates: torch.Tensor | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        record: bool = False,
+        head_gates: HeadTable | ExampleHeadTable | None = None,
+        edits: Sequence[Edit | Callable[[Probs, EditContext], Probs]] = (),
+    ):
         check_supported(model)
         self.model = model
-        self.record = record
-        self.record_rows: int | None = None
-        self.head_gates = head_gates
-        self.injections: dict[int, Injection] = {}
+        self.edits: list = []
+        if head_gates is not None:
+            self.edits.append(HeadGate(head_gates))
+        if record:
+            self.edits.append(Record())
+        self.edits.extend(edits)
         self.row_selections: dict[int, torch.Tensor] = {}
-        self.attentions: dict[int, torch.Tensor] = {}
-        self.leaves: dict[int, torch.Tensor] = {}
         self._layer = 0
         self._entries = 0
         self._row_origin: torch.Tensor | None = None  # [rows]: which input example each row came from
@@ -123,13 +321,32 @@ class AttentionHook:
         self._token = None
         self._previous_impl = None
 
+    @property
+    def attentions(self) -> dict[int, Probs]:
+        for edit in self.edits:
+            if isinstance(edit, Record):
+                return edit.attentions
+        return {}
+
+    @property
+    def leaves(self) -> dict[int, torch.Tensor]:
+        return {e.layer: e.leaf for e in self.edits if isinstance(e, Scale) and e.leaf is not None}
+
+    @property
+    def row_origin(self) -> Origins | None:
+        return self._row_origin
+
     # ---- installation ------------------------------------------------------------------
     def __enter__(self) -> AttentionHook:
+        layers = layer_modules(self.model)
         self._previous_impl = self.model.config._attn_implementation
         self.model.set_attn_implementation(ATTENTION_NAME)
         self._token = _ACTIVE.set(self)
-        self._handles.append(self.model.register_forward_pre_hook(self._on_model_start, with_kwargs=True))
-        for layer_module in layer_modules(self.model):
+        # the base model, not the whole model: a caller may run the base model and apply the
+        # output head itself (see objectives.py)
+        base = getattr(self.model, "base_model", self.model)
+        self._handles.append(base.register_forward_pre_hook(self._on_model_start, with_kwargs=True))
+        for layer_module in layers:
             self._handles.append(
                 layer_module.register_forward_pre_hook(self._on_layer_entry, with_kwargs=True)
             )
@@ -144,24 +361,14 @@ class AttentionHook:
             self._token = None
         self.model.set_attn_implementation(self._previous_impl or "eager")
 
-    @property
-    def next_layer(self) -> int:
-        """The layer whose attention runs next in the current forward pass."""
-        return self._layer
-
-    def reset(self) -> None:
-        """Clear per-pass settings and outputs (gates are kept)."""
-        self.injections.clear()
-        self.row_selections.clear()
-        self.attentions.clear()
-        self.leaves.clear()
-
     # ---- callbacks ---------------------------------------------------------------------
     def _on_model_start(self, module, args, kwargs):
         self._layer = 0
         self._entries = 0
-        self.attentions.clear()
-        self.leaves.clear()
+        for edit in self.edits:
+            start = getattr(edit, "start_pass", None)
+            if start is not None:
+                start()
         self._batch = _batch_size(args, kwargs)
         self._row_origin = torch.arange(self._batch) if self._batch is not None else None
         self._selected = False
@@ -201,34 +408,18 @@ class AttentionHook:
         new_kwargs["hidden_states"] = hidden
         return args, new_kwargs
 
-    def on_attention(self, probs: torch.Tensor) -> torch.Tensor:
-        layer = self._layer
+    def on_attention(self, probs: Probs, module: nn.Module) -> Probs:
+        context = EditContext(self._layer, self._origins(probs), module)
         self._layer += 1
-        gates = self._gates_for(layer, probs)
-        if gates is not None:
-            probs = probs * gates[:, :, None, None].to(probs.dtype)
-        if self.record:
-            n = self.record_rows
-            self.attentions[layer] = probs.detach() if n is None else probs[:n].detach().clone()
-        injection = self.injections.get(layer)
-        if injection is not None:
-            s, r = injection.start, injection.alphas.shape[0]
-            alphas = injection.alphas.to(device=probs.device, dtype=probs.dtype)
-            scaled = alphas[:, None, None, None] * probs[s : s + r].detach()
-            if injection.make_leaf:
-                scaled.requires_grad_(True)
-                self.leaves[layer] = scaled
-            probs = torch.cat([probs[:s], scaled, probs[s + r :]], dim=0)
+        for edit in self.edits:
+            probs = edit(probs, context)
         return probs
 
-    def _gates_for(self, layer: int, probs: torch.Tensor) -> torch.Tensor | None:
-        gates = self.head_gates
-        if gates is None:
-            return None
-        if gates.dim() == 2:  # [layers, heads]: the same for every row
-            return gates[layer].unsqueeze(0).expand(probs.shape[0], -1)
-        origin = self._row_origin if self._row_origin is not None else torch.arange(probs.shape[0])
-        return gates[origin.to(gates.device), layer]  # [rows, heads]
+    def _origins(self, probs: Probs) -> Origins:
+        origin = self._row_origin
+        if origin is None or origin.shape[0] != probs.shape[0]:
+            return torch.arange(probs.shape[0], device=probs.device)
+        return origin
 
 
 def _batch_size(args, kwargs) -> int | None:
@@ -263,7 +454,11 @@ def layer_modules(model: nn.Module) -> list[nn.Module]:
 
     def spy(module, *a, **k):
         called.append(module)
-        return _attention_forward(module, *a, **k)
+        token = _ACTIVE.set(None)  # the probe edits nothing, whatever hook is active around it
+        try:
+            return _attention_forward(module, *a, **k)
+        finally:
+            _ACTIVE.reset(token)
 
     AttentionInterface.register("attattr-probe", spy)
     ALL_MASK_ATTENTION_FUNCTIONS.register("attattr-probe", eager_mask)

@@ -25,7 +25,8 @@ import torch
 
 from ...core.encoding import encode_batch, model_inputs, model_max_length
 from ...core.errors import InputError
-from ...core.hooks import AttentionHook
+from ...core.hooks import AttentionHook, ConnectionGate
+from ...core.objectives import class_values
 from ...core.result import Attribution
 from ..runs import RunStore
 from .build import AttributionTree, build_tree, check_threshold
@@ -40,35 +41,9 @@ SUMMARY_FILE = "tree_stats.json"
 GATE_BYTES = 256 * 2**20
 
 
-class ConnectionGateHook(AttentionHook):
-    """`AttentionHook` that also multiplies single attention entries by gates.
-
-    `connection_gates`: {layer: tensor `[rows, heads, q, k]`} of multipliers (0 removes the
-    connection (head, q, k) for that batch row); layers without an entry are untouched."""
-
-    def __init__(self, model, **kwargs):
-        super().__init__(model, **kwargs)
-        self.connection_gates: dict[int, torch.Tensor] = {}
-
-    def on_attention(self, probs: torch.Tensor) -> torch.Tensor:
-        layer = self.next_layer  # read before the base class moves on to the next layer
-        probs = super().on_attention(probs)
-        gates = self.connection_gates.get(layer)
-        if gates is not None:
-            probs = probs * gates.to(device=probs.device, dtype=probs.dtype)
-        return probs
-
-
 def output_of(logits: torch.Tensor, target: int, output: str) -> torch.Tensor:
     """F per row from logits `[rows, classes]`: the target's probability, logit or log-probability."""
-    logits = logits.float()
-    if output == "logit":
-        values = logits
-    elif output == "logprob":
-        values = torch.log_softmax(logits, dim=-1)
-    else:
-        values = torch.softmax(logits, dim=-1)
-    return values[:, target]
+    return class_values(logits, target, output)
 
 
 def rankings(
@@ -154,11 +129,12 @@ def connection_faithfulness(
     values = np.empty(len(rows))
     per_pass = max(1, GATE_BYTES // max(1, L * H * n * n * 4))
     inputs = model_inputs(enc, model)
-    with ConnectionGateHook(model) as hook:
+    gate = ConnectionGate()
+    with AttentionHook(model, edits=[gate]):
         for start in range(0, len(rows), per_pass):
             stop = min(start + per_pass, len(rows))
             gates = torch.from_numpy(gate_rows[start:stop])
-            hook.connection_gates = {layer: gates[:, pos].to(device) for pos, layer in enumerate(attr.layers)}
+            gate.gates = {layer: gates[:, pos].to(device) for pos, layer in enumerate(attr.layers)}
             batch = {k: v.expand(stop - start, *v.shape[1:]) for k, v in inputs.items()}
             logits = model(**batch).logits
             values[start:stop] = output_of(logits, attr.target, attr.output).cpu().double().numpy()
