@@ -8,6 +8,7 @@ attr.top_edges(5)           # strongest token -> token connections
 """
 
 from . import data, models  # noqa: E402
+from .analyses.tree import build as _tree_build  # noqa: E402, F401  (registers Attribution.tree)
 from .core.engine import attribute, attribute_many  # noqa: E402
 from .core.result import Attribution, Edge  # noqa: E402
 from .version import __version__  # noqa: E402

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
 
+from ..core.files import to_json
 from ..core.progress import progress_display
 
 console = Console(stderr=False, highlight=False)
@@ -16,24 +16,8 @@ err_console = Console(stderr=True, highlight=False)
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=1, default=_default) + "\n")
-
-
-def _default(obj):
-    import numpy as np
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, np.generic | np.ndarray):
-        return obj.tolist()
-    if hasattr(obj, "_asdict"):
-        return obj._asdict()
-    if hasattr(obj, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return asdict(obj)
-    return str(obj)
+    """`obj` as indented JSON on stdout (tensors and numpy values through `attattr.core.files.plain`)."""
+    sys.stdout.write(to_json(obj) + "\n")
 
 
 @contextmanager

@@ -1,8 +1,12 @@
-"""Commands: `attattr heads importance | effectiveness | prune | correlate` (SPEC §2)."""
+"""Commands: `attattr heads importance | effectiveness | prune | correlate` (SPEC §2).
+
+Each command checks its options (before loading anything), loads the model and data, calls one
+analysis of `attattr.analyses.heads` and renders its result: JSON, figures, report.html and a
+short summary. Run files go to <out>/runs/, named by the run's settings.
+"""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,6 +15,7 @@ import typer
 from rich.table import Table
 
 from ..core.errors import InputError
+from ..core.files import write_json
 from .app import app
 from .common import console, print_json, progress_bar, write_dataset_report
 
@@ -44,7 +49,9 @@ FastOpt = Annotated[
 ]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Examples per attribution / gradient pass.")]
 EvalBatchOpt = Annotated[int, typer.Option("--eval-batch-size", help="Examples per prediction pass.")]
+TextOpt = Annotated[str, typer.Option("--text-column", help="Text column of a data file.")]
 PairOpt = Annotated[str | None, typer.Option("--pair-column", help="Second-text column (sentence pairs).")]
+LabelOpt = Annotated[str, typer.Option("--label-column", help="Gold-label column of a data file.")]
 FirstOpt = Annotated[
     bool,
     typer.Option(
@@ -54,6 +61,13 @@ FirstOpt = Annotated[
     ),
 ]
 SampleSeedOpt = Annotated[int, typer.Option("--sample-seed", help="Seed of the random sample of examples.")]
+FreshOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fresh",
+        help="Start the run over instead of resuming the finished examples of an identical earlier run.",
+    ),
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,6 +82,36 @@ def _attr_options(steps: str, rule: str, fast: bool) -> dict[str, Any]:
         except ValueError:
             raise InputError(f"--steps must be an integer or 'auto', got {steps!r}") from None
     return {"steps": steps, "rule": rule, "dtype": None}
+
+
+def _check_method(method: str) -> None:
+    from ..analyses.heads import METHODS
+
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+
+
+def _check_count(name: str, value: int) -> None:
+    if value < 1:
+        raise InputError(f"{name} must be >= 1, got {value}")
+
+
+def _check_out(out: Path) -> None:
+    """The output folder must be a folder we can write into: refused before any work."""
+    path = out.expanduser()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not _writable(probe):
+        raise InputError(f"--out {out}: cannot write in {probe}")
+
+
+def _writable(folder: Path) -> bool:
+    import os
+
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def _load_model(name: str, quiet: bool):
@@ -90,7 +134,12 @@ def _default_data(loaded, data: str | None) -> str:
 
 
 def _load_data(
-    loaded, data: str, split: str, count: int | None, pair_column: str | None, sample_seed: int | None
+    loaded,
+    data: str,
+    split: str,
+    count: int | None,
+    columns: dict[str, Any],
+    sample_seed: int | None,
 ):
     """`count` examples of the split (a seeded sample, or the first ones when sample_seed is None),
     labels expressed as the model's class indices."""
@@ -98,8 +147,7 @@ def _load_data(
     from ..analyses.heads import select_examples
 
     kwargs: dict[str, Any] = {"limit": count if sample_seed is None else None}
-    if pair_column:
-        kwargs["pair_column"] = pair_column
+    kwargs.update({k: v for k, v in columns.items() if v is not None})
     dataset = data_mod.load_dataset(data, split, **kwargs)
     if len(dataset) == 0:
         raise InputError(f"{data} ({split}) has no examples")
@@ -107,6 +155,10 @@ def _load_data(
     if any(x.label is None for x in dataset):
         raise InputError(f"{data} ({split}) has examples without a label; head importance needs gold labels")
     return select_examples(dataset, count, seed=sample_seed)
+
+
+def _columns(text_column: str, pair_column: str | None, label_column: str) -> dict[str, Any]:
+    return {"text_column": text_column, "pair_column": pair_column, "label_column": label_column}
 
 
 def _seed(first: bool, sample_seed: int) -> int | None:
@@ -117,80 +169,36 @@ def _sample_label(first: bool, sample_seed: int) -> str:
     return "first" if first else f"random(seed={sample_seed})"
 
 
-def _check_count(name: str, value: int) -> None:
-    if value < 1:
-        raise InputError(f"{name} must be >= 1, got {value}")
-
-
-def _write_json(path: Path, obj: Any) -> Path:
-    from .common import _default
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_default))
-    tmp.replace(path)
-    return path
-
-
-def _compute_importance(
-    loaded,
-    dataset,
-    method: str,
-    out: Path,
-    *,
-    data: str,
-    split: str,
-    batch_size: int,
-    eval_batch_size: int,
-    attr: dict[str, Any],
-    seed: int = 0,
-    quiet: bool,
-    label: str | None = None,
-    sample: str = "first",
-):
-    """One importance method over `dataset`, resumable from out/runs/importance-<method>.jsonl."""
-    from ..analyses.heads import head_importance
-    from ..analyses.runs import RunStore
-
-    settings = {
-        "kind": "importance",
-        "method": method,
-        "model_id": loaded.model_id,
-        "data": data,
-        "split": split,
-        "sample": sample,
-        "examples": [x.id for x in dataset] if method != "random" else [],
-        "batch_size": batch_size,
-    }
-    if method == "attattr":
-        settings.update({"steps": attr["steps"], "rule": attr["rule"], "dtype": attr["dtype"] or "float32"})
-    store = None
-    if method != "random":
-        store = RunStore(out / "runs" / f"importance-{method}.jsonl", settings)
-    total = 0 if method == "random" else len(dataset)
-    started = time.perf_counter()
-    with progress_bar(label or f"importance ({method})", total, quiet=quiet or method == "random") as advance:
-        importance = head_importance(
-            loaded.model,
-            loaded.tokenizer,
-            dataset if method != "random" else None,
-            method,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            seed=seed,
-            store=store,
-            on_example=advance,
-            settings={k: v for k, v in settings.items() if k != "examples"},
-            **attr,
-        )
-    importance.settings["seconds"] = round(time.perf_counter() - started, 2)
-    return importance
+def _progress(quiet: bool):
+    """progress(label, total) for analyses that show several bars one after the other."""
+    return lambda label, total: progress_bar(label, total, quiet=quiet)
 
 
 def _top_heads(importance, k: int = 5) -> list[str]:
     order = importance.ascending().flip(0)[:k].tolist()
     h = importance.num_heads
     return [f"{i // h}-{i % h} ({importance.scores.flatten()[i]:.3g})" for i in order]
+
+
+def _importance(loaded, dataset, method: str, out: Path, *, label: str, quiet: bool, **kwargs):
+    """One method's importance over `dataset`, resumable from <out>/runs/, timed."""
+    from ..analyses.heads import head_importance
+    from ..methods import get_method
+
+    needs_examples = get_method(method).needs_examples
+    started = time.perf_counter()
+    with progress_bar(label, len(dataset), quiet=quiet or not needs_examples) as advance:
+        importance = head_importance(
+            loaded.model,
+            loaded.tokenizer,
+            dataset if needs_examples else None,
+            method,
+            runs_dir=out / "runs",
+            on_example=advance,
+            **kwargs,
+        )
+    importance.settings["seconds"] = round(time.perf_counter() - started, 2)
+    return importance
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,9 +220,12 @@ def importance_cmd(
     fast: FastOpt = False,
     batch_size: BatchOpt = 8,
     eval_batch_size: EvalBatchOpt = 64,
+    text_column: TextOpt = "text",
     pair_column: PairOpt = None,
+    label_column: LabelOpt = "label",
     first: FirstOpt = False,
     sample_seed: SampleSeedOpt = 0,
+    fresh: FreshOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Importance of every head over the first N examples of a split: JSON and a heatmap.
@@ -222,36 +233,39 @@ def importance_cmd(
     Example:  attattr heads importance --model minilm-rt --data rotten-tomatoes --split dev
     --examples 200 --method attattr --out heads/
 
-    Writes <out>/importance-<method>.json and .png/.svg; an interrupted run resumes from
-    <out>/runs/importance-<method>.jsonl (same settings only).
+    Writes <out>/importance-<method>.json and .png/.svg; an interrupted run resumes from its run
+    file <out>/runs/importance-<method>-<settings hash>.jsonl (--fresh: start over).
     """
-    from ..analyses.heads import METHODS
+    from ..analyses.heads import check_importance_options
+    from ..methods import get_method
     from ..render.plots.heads import plot_importance
 
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    _check_method(method)
     _check_count("--examples", examples)
     attr = _attr_options(steps, rule, fast)
+    check_importance_options(method, batch_size=batch_size, eval_batch_size=eval_batch_size, **attr)
+    _check_out(out)
     loaded = _load_model(model, json_out)
     data = _default_data(loaded, data)
-    dataset = (
-        _load_data(loaded, data, split, examples, pair_column, _seed(first, sample_seed))
-        if method != "random"
-        else []
-    )
-    importance = _compute_importance(
+    sample = _sample_label(first, sample_seed)
+    dataset = []
+    if get_method(method).needs_examples:
+        columns = _columns(text_column, pair_column, label_column)
+        dataset = _load_data(loaded, data, split, examples, columns, _seed(first, sample_seed))
+    context = {"kind": "importance", "method": method, "model_id": loaded.model_id}
+    importance = _importance(
         loaded,
         dataset,
         method,
         out,
-        data=data,
-        split=split,
+        label=f"importance ({method})",
+        quiet=json_out,
         batch_size=batch_size,
         eval_batch_size=eval_batch_size,
-        attr=attr,
         seed=seed,
-        quiet=json_out,
-        sample=_sample_label(first, sample_seed),
+        fresh=fresh,
+        settings={**context, "data": data, "split": split, "sample": sample},
+        **attr,
     )
     path = importance.save(out / f"importance-{method}.json")
     figures = plot_importance(importance, out / f"importance-{method}")
@@ -286,43 +300,34 @@ def effectiveness_cmd(
     fast: FastOpt = False,
     batch_size: BatchOpt = 8,
     eval_batch_size: EvalBatchOpt = 64,
+    text_column: TextOpt = "text",
     pair_column: PairOpt = None,
+    label_column: LabelOpt = "label",
     first: FirstOpt = False,
     sample_seed: SampleSeedOpt = 0,
+    fresh: FreshOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Prune each example's own least/most important heads: attribution vs attention (Fig. 2).
 
     Accuracy and mean gold-label probability against the number of heads pruned per example;
-    resumable from <out>/runs/effectiveness.jsonl.
+    resumable from <out>/runs/effectiveness-<settings hash>.jsonl (--fresh: start over).
 
     Example:  attattr heads effectiveness --model minilm-rt --data rotten-tomatoes --split dev
     --examples 200 --step 4 --out effectiveness/
     """
-    from ..analyses.heads import effectiveness
-    from ..analyses.runs import RunStore
+    from ..analyses.heads import check_importance_options, effectiveness
     from ..render.plots.heads import plot_effectiveness
 
     _check_count("--examples", examples)
     _check_count("--step", step)
     attr = _attr_options(steps, rule, fast)
+    check_importance_options("attattr", batch_size=batch_size, eval_batch_size=eval_batch_size, **attr)
+    _check_out(out)
     loaded = _load_model(model, json_out)
     data = _default_data(loaded, data)
-    dataset = _load_data(loaded, data, split, examples, pair_column, _seed(first, sample_seed))
-    settings = {
-        "kind": "effectiveness",
-        "model_id": loaded.model_id,
-        "data": data,
-        "split": split,
-        "sample": _sample_label(first, sample_seed),
-        "examples": [x.id for x in dataset],
-        "step": step,
-        "batch_size": batch_size,
-        "steps": attr["steps"],
-        "rule": attr["rule"],
-        "dtype": attr["dtype"] or "float32",
-    }
-    store = RunStore(out / "runs" / "effectiveness.jsonl", settings)
+    columns = _columns(text_column, pair_column, label_column)
+    dataset = _load_data(loaded, data, split, examples, columns, _seed(first, sample_seed))
     started = time.perf_counter()
     with progress_bar("effectiveness", len(dataset), quiet=json_out) as advance:
         result = effectiveness(
@@ -332,7 +337,8 @@ def effectiveness_cmd(
             step=step,
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
-            store=store,
+            runs_dir=out / "runs",
+            fresh=fresh,
             on_example=advance,
             settings={
                 "model_id": loaded.model_id,
@@ -343,7 +349,7 @@ def effectiveness_cmd(
             **attr,
         )
     result["seconds"] = round(time.perf_counter() - started, 2)
-    path = _write_json(out / "effectiveness.json", result)
+    path = write_json(out / "effectiveness.json", result)
     figures = plot_effectiveness(result, out / "effectiveness")
     files = [str(path)] + [str(f) for f in figures]
     files.append(str(write_dataset_report(out, "effectiveness of head orderings", files)))
@@ -400,104 +406,68 @@ def prune_cmd(
     fast: FastOpt = False,
     batch_size: BatchOpt = 8,
     eval_batch_size: EvalBatchOpt = 64,
+    text_column: TextOpt = "text",
     pair_column: PairOpt = None,
+    label_column: LabelOpt = "label",
     first: FirstOpt = False,
     sample_seed: SampleSeedOpt = 0,
+    fresh: FreshOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Prune 0, 10, ..., 100 % of heads, least important first, per importance method (Fig. 3).
 
     Importance from the first N examples of --importance-split; each pruned model is evaluated on
-    the whole evaluation split. Resumable from <out>/runs/.
+    the whole evaluation split. Resumable from <out>/runs/ (--fresh: start over).
 
     Example:  attattr heads prune --model minilm-rt --data rotten-tomatoes --split dev
     --examples 200 --out prune/
     """
-    from ..analyses.heads import METHODS, pruning_curves
-    from ..analyses.runs import RunStore
+    from ..analyses.heads import FRACTIONS, check_pruning_options, prune_experiment
+    from ..analyses.heads import METHODS as KNOWN
     from ..render.plots.heads import plot_importance, plot_pruning
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
-    bad = [m for m in chosen if m not in METHODS]
+    bad = [m for m in chosen if m not in KNOWN]
     if bad or not chosen:
-        raise InputError(f"unknown method {bad[0] if bad else '(none)'!r}; choose from: {', '.join(METHODS)}")
+        raise InputError(f"unknown method {bad[0] if bad else '(none)'!r}; choose from: {', '.join(KNOWN)}")
     _check_count("--examples", examples)
     _check_count("--seeds", seeds)
+    if eval_limit is not None:
+        _check_count("--eval-limit", eval_limit)
     attr = _attr_options(steps, rule, fast)
+    check_pruning_options(chosen, seeds=seeds, batch_size=batch_size, eval_batch_size=eval_batch_size, **attr)
+    _check_out(out)
     loaded = _load_model(model, json_out)
     data = _default_data(loaded, data)
-    imp_data = _load_data(loaded, data, importance_split, examples, pair_column, _seed(first, sample_seed))
-    eval_data = _load_data(loaded, data, split, eval_limit, pair_column, _seed(first, sample_seed))
-
-    started = time.perf_counter()
-    importances = {}
+    columns = _columns(text_column, pair_column, label_column)
+    sample = _sample_label(first, sample_seed)
+    imp_data = _load_data(loaded, data, importance_split, examples, columns, _seed(first, sample_seed))
+    eval_data = _load_data(loaded, data, split, eval_limit, columns, _seed(first, sample_seed))
+    result, importances = prune_experiment(
+        loaded.model,
+        loaded.tokenizer,
+        imp_data,
+        eval_data,
+        chosen,
+        seeds=seeds,
+        fractions=FRACTIONS,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        runs_dir=out / "runs",
+        fresh=fresh,
+        context={"model_id": loaded.model_id, "data": data},
+        importance_context={"split": importance_split, "sample": sample},
+        eval_context={"split": split},
+        progress=_progress(json_out),
+        **attr,
+    )
     files: list[str] = []
-    for method in chosen:
-        for seed in range(seeds) if method == "random" else [0]:
-            imp = _compute_importance(
-                loaded,
-                imp_data,
-                method,
-                out,
-                data=data,
-                split=importance_split,
-                batch_size=batch_size,
-                eval_batch_size=eval_batch_size,
-                attr=attr,
-                seed=seed,
-                quiet=json_out,
-                sample=_sample_label(first, sample_seed),
-            )
-            if method == "random":
-                importances[f"random-{seed}"] = imp
-                continue
-            importances[method] = imp
-            files.append(str(imp.save(out / f"importance-{method}.json")))
-            files += [str(f) for f in plot_importance(imp, out / f"importance-{method}")]
-    importance_seconds = time.perf_counter() - started
-
-    total_heads = next(iter(importances.values())).scores.numel()
-    settings = {
-        "kind": "pruning",
-        "model_id": loaded.model_id,
-        "data": data,
-        "split": split,
-        "eval_examples": [x.id for x in eval_data],
-        "eval_order": "by-length",
-        "total_heads": total_heads,
-    }
-    store = RunStore(out / "runs" / "prune-eval.jsonl", settings)
-    fractions = tuple(i / 10 for i in range(11))
-    with progress_bar(
-        "evaluating pruned models", len(importances) * len(fractions), quiet=json_out
-    ) as advance:
-        result = pruning_curves(
-            loaded.model,
-            loaded.tokenizer,
-            eval_data,
-            importances,
-            fractions=fractions,
-            eval_batch_size=eval_batch_size,
-            store=store,
-            on_evaluation=advance,
-        )
-    result["settings"] = {
-        "model_id": loaded.model_id,
-        "data": data,
-        "split": split,
-        "importance_split": importance_split,
-        "importance_sample": _sample_label(first, sample_seed),
-        "importance_examples": len(imp_data),
-        "seeds": seeds,
-        "batch_size": batch_size,
-        **{k: (v if v is not None else "float32") for k, v in attr.items()},
-    }
-    result["seconds"] = {
-        "importance": {k: v.settings.get("seconds") for k, v in importances.items()},
-        "importance_total": round(importance_seconds, 2),
-        "evaluation": round(time.perf_counter() - started - importance_seconds, 2),
-    }
-    path = _write_json(out / "prune.json", result)
+    for label, imp in importances.items():
+        if label.startswith("random-"):
+            continue
+        files.append(str(imp.save(out / f"importance-{label}.json")))
+        files += [str(f) for f in plot_importance(imp, out / f"importance-{label}")]
+    path = write_json(out / "prune.json", result)
     figures = plot_pruning(result, out / "prune")
     files = [str(path)] + [str(f) for f in figures] + files
     files.append(str(write_dataset_report(out, "head pruning curves", files)))
@@ -509,7 +479,7 @@ def prune_cmd(
     names = list(result["methods"])
     for name in names:
         table.add_column(name, justify="right")
-    for i, f in enumerate(fractions):
+    for i, f in enumerate(result["fractions"]):
         table.add_row(f"{round(100 * f)}%", *[f"{result['methods'][n]['accuracy'][i]:.3f}" for n in names])
     table.add_row("mean", *[f"{result['mean_accuracy'][n]:.3f}" for n in names])
     console.print(table)
@@ -554,62 +524,71 @@ def correlate_cmd(
     eval_batch_size: EvalBatchOpt = 64,
     first: FirstOpt = False,
     sample_seed: SampleSeedOpt = 0,
+    fresh: FreshOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Correlate head importance between models fine-tuned on different data (Fig. 4).
 
-    Pearson and Spearman per pair, a scatter per pair and a matrix; resumable.
+    Pearson and Spearman per pair, a scatter per pair and a matrix; resumable (--fresh: start over).
 
     Example:  attattr heads correlate --models minilm-rt minilm-imdb minilm-bbc --examples 200 --out corr/
 
     Each model's importance comes from the first N examples of the split of its own dataset
     (or --data, one per model) and is kept in <out>/<model>/.
     """
-    from ..analyses.heads import METHODS, Importance, correlate
+    from ..analyses.heads import Importance, check_importance_options, correlate
+    from ..methods import get_method
     from ..render.plots.heads import plot_correlation_matrix, plot_correlation_pairs, plot_importance
 
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    _check_method(method)
     model_names = [m.strip() for item in (models_opt or []) for m in item.split(",") if m.strip()]
     model_names += [m for m in (names or []) if m.strip()]
     data_names = [d.strip() for item in (data or []) for d in item.split(",") if d.strip()]
+    if data_names and len(data_names) != len(model_names):
+        raise InputError(
+            f"--data names {len(data_names)} datasets for {len(model_names)} models; give one per model"
+        )
+    if len(model_names) + len(importance_files or []) < 2:
+        raise InputError("give at least two models (--models a b) or importance files (--importance f.json)")
+    _check_count("--examples", examples)
+    attr = _attr_options(steps, rule, fast)
+    check_importance_options(method, batch_size=batch_size, eval_batch_size=eval_batch_size, **attr)
+    _check_out(out)
     importances: dict[str, Importance] = {}
     files: list[str] = []
     for path in importance_files or []:
         imp = Importance.load(path)
         label = _short(str(imp.settings.get("model") or imp.settings.get("model_id") or Path(path).stem))
         importances[_unique(label, importances)] = imp
-    if data_names and len(data_names) != len(model_names):
-        raise InputError(
-            f"--data names {len(data_names)} datasets for {len(model_names)} models; give one per model"
-        )
-    if len(model_names) + len(importances) < 2:
-        raise InputError("give at least two models (--models a b) or importance files (--importance f.json)")
-    _check_count("--examples", examples)
-    attr = _attr_options(steps, rule, fast)
+    needs_examples = get_method(method).needs_examples
     for i, name in enumerate(model_names):
         loaded = _load_model(name, json_out)
         dname = data_names[i] if data_names else _default_data(loaded, None)
-        dataset = (
-            _load_data(loaded, dname, split, examples, None, _seed(first, sample_seed))
-            if method != "random"
-            else []
-        )
+        dataset = []
+        if needs_examples:
+            columns = _columns("text", None, "label")
+            dataset = _load_data(loaded, dname, split, examples, columns, _seed(first, sample_seed))
         label = _unique(_short(name), importances)
         folder = out / _safe(label)
-        imp = _compute_importance(
+        imp = _importance(
             loaded,
             dataset,
             method,
             folder,
-            data=dname,
-            split=split,
+            label=f"{label} ({method})",
+            quiet=json_out,
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
-            attr=attr,
-            quiet=json_out,
-            label=f"{label} ({method})",
-            sample=_sample_label(first, sample_seed),
+            fresh=fresh,
+            settings={
+                "kind": "importance",
+                "method": method,
+                "model_id": loaded.model_id,
+                "data": dname,
+                "split": split,
+                "sample": _sample_label(first, sample_seed),
+            },
+            **attr,
         )
         imp.settings["model"] = name
         files.append(str(imp.save(folder / f"importance-{method}.json")))
@@ -624,7 +603,7 @@ def correlate_cmd(
         name: {k: v for k, v in imp.settings.items() if k not in ("examples",)}
         for name, imp in importances.items()
     }
-    path = _write_json(out / "correlation.json", result)
+    path = write_json(out / "correlation.json", result)
     figures = plot_correlation_pairs(result, out / "correlation-pairs")
     figures += plot_correlation_matrix(result, out / "correlation-matrix")
     files = [str(path)] + [str(f) for f in figures] + files

@@ -205,9 +205,9 @@ def tree_show(
             data["files"] = [str(p) for p in written]
         print_json(data)
         return
-    from ..analyses.tree.build import _title
+    from ..analyses.tree.build import tree_title
 
-    heading = _title(tree)
+    heading = tree_title(tree)
     console.print(f"{heading}  ·  {tree.summary()}" if heading else tree.summary(), markup=False)
     console.print(tree.to_text(), markup=False)
     left_out = [f"{t}" for i, t in enumerate(tree.tokens) if not tree.in_tree(i)]

@@ -7,22 +7,25 @@ Only the layers listed in `layers` are present, in that order.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
 import os
-import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
+from . import files
 from .errors import ResultFileError
 
 TENSORS_FILE = "attributions.safetensors"
 META_FILE = "meta.json"
+CHECKSUM_KEY = "tensors_sha256"  # in meta.json: the SHA-256 of the tensor file it belongs to
 
 
 class Edge(NamedTuple):
@@ -132,11 +135,14 @@ class Attribution:
             return self.label_names[index]
         return str(index)
 
-    def tree(self, threshold: float = 0.4, **options):
-        """The attribution tree of this example (the paper's Algorithm 1); options go to `build_tree`."""
-        from ..analyses.tree.build import build_tree
+    def tree(self, threshold: float = 0.4, **options: Any):
+        """The attribution tree of this example (the paper's Algorithm 1); options go to `build_tree`.
 
-        return build_tree(self, threshold=threshold, **options)
+        The builder lives in `attattr.analyses.tree` (a layer above this one) and registers itself
+        when the package is imported (`set_tree_builder`)."""
+        if _tree_builder is None:
+            raise RuntimeError("no tree builder registered: import attattr.analyses.tree first")
+        return _tree_builder(self, threshold=threshold, **options)
 
     # ---- files ---------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
@@ -149,32 +155,50 @@ class Attribution:
         """Write `attributions.safetensors` and `meta.json` into directory `path` (created).
 
         A path ending in `.safetensors` writes that file and its metadata beside it (`.json`).
-        Both files are written atomically (temp file, then rename). Returns the tensors file.
+        The pair is written as a unit: the tensors first, then the metadata, which carries the
+        SHA-256 of the tensor file (each file atomic: temp file, then rename). A kill between the
+        two leaves a pair that `load` refuses, never a silent mismatch. Returns the tensors file.
         """
         tensors_path, meta_path = _paths(Path(path), create=True)
-        tensors = {
-            "scores": self.scores.detach().to(torch.float32).contiguous().cpu(),
-            "attentions": self.attentions.detach().to(torch.float32).contiguous().cpu(),
-        }
-        _atomic_write(tensors_path, lambda p: save_file(tensors, str(p)))
-        meta_text = json.dumps(self.meta(), indent=1)
-        _atomic_write(meta_path, lambda p: Path(p).write_text(meta_text))
+        data = save_tensors(
+            {
+                "scores": self.scores.detach().to(torch.float32).contiguous().cpu(),
+                "attentions": self.attentions.detach().to(torch.float32).contiguous().cpu(),
+            }
+        )
+        files.write_bytes(tensors_path, data)
+        meta = self.meta()
+        meta[CHECKSUM_KEY] = hashlib.sha256(data).hexdigest()
+        files.write_json(meta_path, meta)
         return tensors_path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Attribution:
+        """Read a saved attribution, refusing a corrupt, mismatched or malformed pair (ResultFileError).
+
+        Files saved before the checksum existed (no `tensors_sha256` in meta.json) still load;
+        for them only the tensor shapes are checked against the metadata."""
         tensors_path, meta_path = _paths(Path(path), create=False)
         for p in (tensors_path, meta_path):
             if not p.is_file():
                 raise ResultFileError(f"attribution file not found: {p}")
         try:
-            tensors = load_file(str(tensors_path))
+            data = tensors_path.read_bytes()
+            tensors = load_tensors(data)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise ResultFileError(f"cannot read {tensors_path}: corrupt or truncated ({exc})") from None
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ResultFileError(f"cannot read {meta_path}: not valid JSON ({exc})") from None
+        if not isinstance(meta, dict):
+            raise ResultFileError(f"{meta_path}: not an attattr attribution (a JSON {type(meta).__name__})")
+        expected_sum = meta.get(CHECKSUM_KEY)
+        if expected_sum is not None and expected_sum != hashlib.sha256(data).hexdigest():
+            raise ResultFileError(
+                f"{tensors_path} does not match the checksum in {meta_path.name}: the tensors were changed "
+                "after saving, or the two files come from different saves (an interrupted save); save again"
+            )
         names = {f.name for f in fields(cls)} - {"scores", "attentions"}
         required = {f.name for f in fields(cls) if f.default is f.default_factory is _MISSING} - {
             "scores",
@@ -185,6 +209,11 @@ class Attribution:
             raise ResultFileError(
                 f"{meta_path.parent}: not an attattr attribution (missing {', '.join(missing)})"
             )
+        for name in sorted(names & set(meta)):
+            if not _META_TYPES[name][0](meta[name]):
+                raise ResultFileError(
+                    f"{meta_path}: field {name!r} must be {_META_TYPES[name][1]}, got {_shown(meta[name])}"
+                )
         attr = cls(
             scores=tensors["scores"],
             attentions=tensors["attentions"],
@@ -197,6 +226,20 @@ class Attribution:
                 f"{tensors_path}: tensor shape {tuple(attr.scores.shape)} does not match "
                 f"{len(attr.layers)} layers and {n} tokens in {meta_path.name}"
             )
+        per_token = {
+            "token_ids": attr.token_ids,
+            "segment_ids": attr.segment_ids,
+            "special_mask": attr.special_mask,
+        }
+        for name, values in per_token.items():
+            if len(values) != n:
+                raise ResultFileError(f"{meta_path}: {name} has {len(values)} entries for {n} tokens")
+        per_layer = {"baseline_values": attr.baseline_values, "score_sums": attr.score_sums}
+        for name, values in per_layer.items():
+            if len(values) != len(attr.layers):
+                raise ResultFileError(
+                    f"{meta_path}: {name} has {len(values)} entries for {len(attr.layers)} layers"
+                )
         return attr
 
     def to_json(self) -> dict[str, Any]:
@@ -205,6 +248,15 @@ class Attribution:
         meta["head_importance"] = self.head_importance().tolist()
         meta["top_edges"] = [e._asdict() for e in self.top_edges(10)]
         return meta
+
+
+_tree_builder: Callable[..., Any] | None = None
+
+
+def set_tree_builder(build: Callable[..., Any]) -> None:
+    """Register `build(attribution, threshold=..., **options)` as what `Attribution.tree` calls."""
+    global _tree_builder
+    _tree_builder = build
 
 
 _MISSING = fields(Attribution)[0].default  # dataclasses.MISSING, without importing the private name
@@ -222,23 +274,62 @@ def _paths(path: Path, *, create: bool) -> tuple[Path, Path]:
     return path / TENSORS_FILE, path / META_FILE
 
 
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# ---- metadata types: a hand-edited or foreign meta.json is refused with the field's name ---------
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
-def jsonable(obj: Any) -> Any:
-    """Turn tensors / numpy values / dataclasses into plain JSON values."""
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if hasattr(obj, "__dataclass_fields__"):
-        return asdict(obj)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and all(check(x) for x in v)
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+_META_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "tokens": (_list_of(_is_str), "a list of strings"),
+    "token_ids": (_list_of(_is_int), "a list of integers"),
+    "segment_ids": (_list_of(_is_int), "a list of integers"),
+    "special_mask": (_list_of(_is_bool), "a list of true/false"),
+    "layers": (_list_of(_is_int), "a list of integers"),
+    "target": (_is_int, "an integer"),
+    "target_mode": (_is_str, "a string"),
+    "output": (_is_str, "a string"),
+    "output_value": (_is_number, "a number"),
+    "baseline_values": (_list_of(_is_number), "a list of numbers"),
+    "score_sums": (_list_of(_is_number), "a list of numbers"),
+    "probabilities": (_list_of(_is_number), "a list of numbers"),
+    "predicted": (_is_int, "an integer"),
+    "rule": (_is_str, "a string"),
+    "steps": (_is_int, "an integer"),
+    "model_id": (_is_str, "a string"),
+    "text": (_is_str, "a string"),
+    "text_pair": (_optional(_is_str), "a string or null"),
+    "label": (_optional(_is_int), "an integer or null"),
+    "label_names": (_optional(_list_of(_is_str)), "a list of strings or null"),
+    "example_id": (_optional(lambda v: _is_str(v) or _is_int(v)), "a string, an integer or null"),
+    "dtype": (_is_str, "a string"),
+    "truncated": (_is_bool, "true or false"),
+    "versions": (
+        lambda v: isinstance(v, dict) and all(_is_str(x) for x in v.values()),
+        "an object of strings",
+    ),
+}
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ...core.errors import InputError
+from ...core.result import set_tree_builder
 
 ParentChoice = Literal["strongest", "authors"]
 PARENT_CHOICES = ("strongest", "authors")
@@ -174,7 +175,7 @@ class AttributionTree:
             '  node [shape=box, style="rounded", fontname="Helvetica"];',
             '  edge [fontname="Helvetica", fontsize=10];',
         ]
-        title = _title(self)
+        title = tree_title(self)
         if title:
             lines.append(f'  labelloc="t"; label="{_dot_escape(title)}";')
         for n in self.nodes:
@@ -206,7 +207,7 @@ class AttributionTree:
         return head if not self.message else f"{head}: {self.message}"
 
 
-def _title(tree: AttributionTree) -> str:
+def tree_title(tree: AttributionTree) -> str:
     """'prediction: positive (p = 0.93)', or the target and the prediction when they differ."""
     if tree.label is None:
         return ""
@@ -477,3 +478,6 @@ def build_tree(
     tree.text_pair = a.text_pair
     tree.example_id = a.example_id
     return tree
+
+
+set_tree_builder(build_tree)  # `Attribution.tree()` (core cannot import this layer)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import matplotlib
 
+from ...core import files
+
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -28,15 +30,18 @@ def paper_style() -> None:
 
 
 def save_figure(fig, path: str | Path, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
-    """Save `fig` as path.<fmt> for each format; returns the written paths and closes the figure."""
+    """Save `fig` as path.<fmt> for each format; returns the written paths and closes the figure.
+
+    Each file is written atomically (`attattr.core.files`): a kill never leaves half a figure."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     written = []
-    for fmt in formats:
-        target = path.with_suffix(f".{fmt}")
-        fig.savefig(target, bbox_inches="tight")
-        written.append(target)
-    plt.close(fig)
+    try:
+        for fmt in formats:
+            target = path.with_suffix(f".{fmt}")
+            files.write_atomic(target, lambda f, fmt=fmt: fig.savefig(f, format=fmt, bbox_inches="tight"))
+            written.append(target)
+    finally:
+        plt.close(fig)
     return written
 
 

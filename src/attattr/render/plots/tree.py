@@ -17,7 +17,7 @@ from matplotlib import colors as mcolors
 from matplotlib.patches import FancyArrowPatch
 from matplotlib.ticker import MaxNLocator
 
-from ...analyses.tree.build import AttributionTree, _title
+from ...analyses.tree.build import AttributionTree, tree_title
 from .style import SEQUENTIAL, save_figure
 
 FADED = "#b0b0b0"
@@ -169,7 +169,7 @@ def draw_tree(tree: AttributionTree, path: str | Path | None = None, *, title: s
     for side in ("top", "right", "left", "bottom"):
         ax.spines[side].set_visible(False)
 
-    heading = title if title is not None else _title(tree)
+    heading = title if title is not None else tree_title(tree)
     sub = f"attribution tree, threshold {tree.threshold:g}: {tree.size} of {n} tokens, depth {tree.depth}"
     if tree.model_id:
         sub += f" · {_short_model(tree.model_id)}"

@@ -1,0 +1,350 @@
+"""The report page: the HTML of each section, assembled into the template with the inline assets.
+
+What it shows (docs/report.md): the input with the prediction and class probabilities; a clickable
+layers x heads grid coloured by head importance; the selected head's attention and attribution
+heatmaps side by side (canvas, hover values); the attribution tree; the completeness table; the top
+attributed connections; and any extra sections a dataset command adds (text, images, tables).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...core import files
+from ...core.errors import InputError
+from ...core.result import Attribution
+from ...version import __version__
+from .markup import Table, anchor, escape, format_value, image_html, inline, paragraphs, table_html
+from .payload import (
+    attribution_payload,
+    check_attribution,
+    cmap_anchors,
+    hex_colour,
+    json_for_script,
+    resolve_tree,
+)
+
+__all__ = ["REPORT_FILE", "TOP_EDGES", "Section", "render_report", "write_report"]
+
+REPORT_FILE = "report.html"
+TOP_EDGES = 15
+
+
+@dataclass
+class Section:
+    """A block of a dataset command's results.
+
+    title: the section heading.
+    text: paragraphs; a string is split at blank lines. Light markup: `code`, **bold**, *italic*,
+      lines starting with "- " form a list, a paragraph starting with "### " is a sub-heading.
+    images: PNG/JPEG/GIF files (embedded as data URIs), SVG files or SVG text (inlined).
+    tables: each a list of row dicts (columns in first-seen order), or a (caption, rows) pair.
+    """
+
+    title: str
+    text: str | Sequence[str] = ""
+    images: Sequence[str | Path] = ()
+    tables: Sequence[Table | tuple[str, Table]] = ()
+    id: str | None = None  # the HTML anchor; derived from the title when None
+    notes: list[str] = field(default_factory=list)  # small print under the section
+
+
+def write_report(
+    path: str | Path,
+    *,
+    attribution: Attribution | None = None,
+    tree: Any = None,
+    sections: Sequence[Section] = (),
+    title: str | None = None,
+) -> Path:
+    """Write the report and return its path.
+
+    path: a file ending in .html/.htm, or a directory (created) that receives `report.html`.
+    attribution: one example's attribution (input, prediction, head grid, heatmaps, tables).
+    tree: an `AttributionTree`, its `to_json()` dict, SVG text or a path to an .svg/.json file;
+      None builds the tree from `attribution` (default threshold) when it can; False leaves it out.
+    sections: extra blocks (dataset commands).
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".html", ".htm"):
+        target = path
+    else:
+        if path.exists() and not path.is_dir():
+            raise InputError(f"report path {path} is a file; give a directory or a .html file name")
+        target = path / REPORT_FILE
+    text = render_report(attribution=attribution, tree=tree, sections=sections, title=title)
+    return files.write_text(target, text)
+
+
+def render_report(
+    *,
+    attribution: Attribution | None = None,
+    tree: Any = None,
+    sections: Sequence[Section] = (),
+    title: str | None = None,
+) -> str:
+    """The report as one HTML string (see `write_report`)."""
+    from ..plots.style import DIVERGING, SEQUENTIAL  # matplotlib: only when a report is made
+
+    if title is None:
+        title = "attattr report"
+        if attribution is not None and attribution.text:
+            snippet = attribution.text if len(attribution.text) <= 60 else attribution.text[:57] + "..."
+            title = f"attattr: {snippet}"
+
+    data: dict[str, Any] = {"cmaps": {"seq": cmap_anchors(SEQUENTIAL), "div": cmap_anchors(DIVERGING)}}
+    body: list[str] = []
+    nav: list[tuple[str, str]] = []
+
+    if attribution is not None:
+        check_attribution(attribution)
+        data["attribution"] = attribution_payload(attribution)
+        body.append(_input_section(attribution))
+        body.append(_heads_section(attribution, data["attribution"], SEQUENTIAL))
+        nav += [("input", "Input"), ("heads", "Heads")]
+
+    tree_svg, tree_data, tree_note = resolve_tree(tree, attribution)
+    if tree is not False and (attribution is not None or tree is not None):
+        data["tree"] = tree_data
+        body.append(_tree_section(tree_svg, tree_data, tree_note))
+        nav.append(("tree", "Tree"))
+
+    if attribution is not None:
+        body.append(_completeness_section(attribution))
+        body.append(_edges_section(attribution))
+        nav += [("completeness", "Completeness"), ("edges", "Top connections")]
+
+    used_ids = {key for key, _ in nav}
+    for i, section in enumerate(sections):
+        name = anchor(section.id or section.title, used_ids, i)
+        body.append(_extra_section(section, name, i))
+        nav.append((name, section.title))
+
+    if not body:
+        body.append('<section><p class="note">This report is empty: nothing was given to show.</p></section>')
+
+    parts = {
+        "title": escape(title),
+        "css": _asset("report.css"),
+        "js": _asset("report.js"),
+        "data": json_for_script(data),
+        "header": _header(title, attribution),
+        "nav": "".join(f'<a href="#{escape(k)}">{escape(v)}</a>' for k, v in nav),
+        "body": "\n".join(body),
+        "version": escape(__version__),
+    }
+    # one pass: text substituted in is never scanned for placeholders again
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: parts[m.group(1)], _asset("template.html"))
+
+
+def _asset(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+# ---- sections ----------------------------------------------------------------------------------
+def _header(title: str, a: Attribution | None) -> str:
+    out = [f"<h1>{escape(title)}</h1>"]
+    if a is not None:
+        bits = [
+            f"model <code>{escape(a.model_id)}</code>",
+            f"{len(a.tokens)} tokens",
+            f"{len(a.layers)} layers &times; {int(a.scores.shape[1])} heads",
+            f"integration: {escape(a.rule)}, {a.steps} steps",
+        ]
+        if a.example_id is not None:
+            bits.insert(0, f"example <code>{escape(a.example_id)}</code>")
+        out.append(f'<p class="meta">{" · ".join(bits)}</p>')
+    return "\n".join(out)
+
+
+def _input_section(a: Attribution) -> str:
+    chips = []
+    for i, tok in enumerate(a.tokens):
+        cls = ["tok"]
+        if a.special_mask[i]:
+            cls.append("special")
+        if a.segment_ids[i]:
+            cls.append("seg1")
+        chips.append(f'<span class="{" ".join(cls)}" data-index="{i}" title="#{i}">{escape(tok)}</span>')
+    texts = [f'<p class="text"><span class="lbl">text</span> {escape(a.text)}</p>']
+    if a.text_pair is not None:
+        texts.append(f'<p class="text"><span class="lbl">pair</span> {escape(a.text_pair)}</p>')
+    if a.truncated:
+        texts.append('<p class="note warn">The input was truncated to the model\'s maximum length.</p>')
+    rows = []
+    probs = list(a.probabilities)
+    for c, p in enumerate(probs):
+        marks = []
+        if c == a.predicted:
+            marks.append('<span class="badge pred">predicted</span>')
+        if c == a.target:
+            marks.append('<span class="badge target">attributed</span>')
+        if a.label is not None and c == a.label:
+            marks.append('<span class="badge gold">gold</span>')
+        width = max(0.0, min(1.0, float(p))) * 100
+        rows.append(
+            f'<tr data-class="{c}"><td class="cls">{escape(a.label_name(c))}</td>'
+            f'<td class="bar"><div style="width:{width:.1f}%"></div></td>'
+            f'<td class="num">{float(p):.4f}</td><td>{" ".join(marks)}</td></tr>'
+        )
+    output_name = {"prob": "probability", "logit": "logit", "logprob": "log-probability"}.get(
+        a.output, a.output
+    )
+    return f"""<section id="input">
+<h2>Input and prediction</h2>
+{"".join(texts)}
+<div id="tokens" class="tokens">{"".join(chips)}</div>
+<table class="probs"><thead><tr><th>class</th><th colspan="2">probability</th><th></th></tr></thead>
+<tbody>{"".join(rows)}</tbody></table>
+<p class="explain">Attributed output F: the {output_name} of class <b>{escape(a.label_name(a.target))}</b>
+(F = {format_value(float(a.output_value))}). Scores are integrated gradients of F over each head's attention
+matrix: positive (red) connections raise F, negative (blue) ones lower it.</p>
+</section>"""
+
+
+def _heads_section(a: Attribution, payload: Mapping[str, Any], cmap_name: str) -> str:
+    from matplotlib import colormaps
+
+    cmap = colormaps[cmap_name]
+    imp = np.array([[np.nan if v is None else v for v in row] for row in payload["importance"]], dtype=float)
+    finite = imp[np.isfinite(imp)]
+    lo = min(0.0, float(finite.min())) if finite.size else 0.0
+    hi = float(finite.max()) if finite.size else 1.0
+    span = hi - lo if hi > lo else 1.0
+    heads = payload["heads"]
+    sel = f"{payload['initial'][0]}-{payload['initial'][1]}"
+    cells = ['<div class="corner">L \\ H</div>']
+    cells += [f'<div class="col-label">{h}</div>' for h in range(heads)]
+    for pos, layer in enumerate(a.layers):
+        cells.append(f'<div class="row-label">{layer}</div>')
+        for h in range(heads):
+            v = imp[pos, h]
+            colour = hex_colour(cmap((v - lo) / span)) if np.isfinite(v) else "#cccccc"
+            key = f"{layer}-{h}"
+            cls = "head selected" if key == sel else "head"
+            cells.append(
+                f'<button type="button" class="{cls}" data-layer="{layer}" data-head="{h}" '
+                f'data-importance="{format_value(v)}" style="background:{colour}" '
+                f'title="layer {layer}, head {h}: importance {format_value(v)}" '
+                f'aria-label="layer {layer} head {h}"></button>'
+            )
+    grid = (
+        f'<div id="head-grid" class="head-grid" data-selected="{sel}" '
+        f'style="grid-template-columns: auto repeat({heads}, var(--cell))">{"".join(cells)}</div>'
+    )
+    legend = (
+        f'<div class="legend"><span>{format_value(lo)}</span><div class="ramp" data-cmap="seq"></div>'
+        f"<span>{format_value(hi)}</span></div>"
+    )
+    return f"""<section id="heads">
+<h2>Heads</h2>
+<div class="heads-top">
+  <div class="grid-box">
+    <p class="caption">Head importance: the largest attribution score of each head (click a head, or use the arrow
+    keys).</p>
+    {grid}
+    {legend}
+  </div>
+  <div class="head-info">
+    <h3 id="selected-title">Layer {payload["initial"][0]}, head {payload["initial"][1]}</h3>
+    <p id="selected-stats" class="caption"></p>
+    <table id="head-edges" class="small"><thead><tr><th>query → key</th><th>attribution</th><th>attention</th></tr>
+    </thead><tbody></tbody></table>
+  </div>
+</div>
+<div class="scale-choice">colour scale:
+  <label><input type="radio" name="scale" value="head" checked> this head</label>
+  <label><input type="radio" name="scale" value="all"> all heads</label>
+</div>
+<div class="maps">
+  <figure class="map"><figcaption>Attention <span class="axis">rows: query token (attends) · columns: key
+  token (attended to)</span></figcaption><canvas id="attn-canvas" width="10" height="10"></canvas>
+  <div class="legend"><span class="lo"></span><div class="ramp" data-cmap="seq"></div><span class="hi"></span></div>
+  </figure>
+  <figure class="map"><figcaption>Attribution <span class="axis">red raises F, blue lowers it</span></figcaption>
+  <canvas id="attr-canvas" width="10" height="10"></canvas>
+  <div class="legend"><span class="lo"></span><div class="ramp" data-cmap="div"></div><span class="hi"></span></div>
+  </figure>
+</div>
+<div id="tooltip" class="tooltip" hidden></div>
+<noscript><p class="note warn">The heatmaps and the tree need JavaScript.</p></noscript>
+</section>"""
+
+
+def _tree_section(svg: str | None, payload: dict | None, note: str | None) -> str:
+    parts = ['<section id="tree">', "<h2>Attribution tree</h2>"]
+    if svg is not None or payload is not None:
+        parts.append(
+            '<p class="caption">How information flows to the prediction: tokens along the bottom, each node at the '
+            "layer where it joined the tree, an edge from a token to the token it takes information from "
+            "(line width = score). Hover an edge for its layer and score.</p>"
+        )
+    if note:
+        parts.append(f'<p class="note" id="tree-note">{escape(note)}</p>')
+    if svg is not None:
+        parts.append(f'<div class="tree-box" id="tree-box" data-source="svg">{svg}</div>')
+    elif payload is not None:
+        parts.append('<div class="tree-box" id="tree-box" data-source="json"></div>')
+    elif not note:
+        parts.append('<p class="note" id="tree-note">No attribution tree in this report.</p>')
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _completeness_section(a: Attribution) -> str:
+    rows = []
+    for r in a.completeness_table():
+        delta = r["output_delta"]
+        rel = abs(r["gap"]) / abs(delta) if delta else float("nan")
+        rows.append(
+            f'<tr><td class="num">{r["layer"]}</td><td class="num">{format_value(r["sum_scores"])}</td>'
+            f'<td class="num">{format_value(delta)}</td><td class="num">{format_value(r["gap"])}</td>'
+            f'<td class="num">{"" if not math.isfinite(rel) else f"{100 * rel:.2f}%"}</td></tr>'
+        )
+    return f"""<section id="completeness">
+<h2>Completeness</h2>
+<p class="caption">Integrated gradients are complete: per layer, the scores sum to F(A) − F(0·A). The gap is
+the integration error of the {escape(a.rule)} rule with {a.steps} steps; more steps shrink it.</p>
+<table class="data"><thead><tr><th>layer</th><th>sum of scores</th><th>F(A) − F(0·A)</th><th>gap</th>
+<th>relative gap</th></tr></thead><tbody>{"".join(rows)}</tbody></table>
+</section>"""
+
+
+def _edges_section(a: Attribution) -> str:
+    rows = []
+    for rank, e in enumerate(a.top_edges(TOP_EDGES), 1):
+        rows.append(
+            f'<tr class="edge" data-layer="{e.layer}" data-head="{e.head}" data-query="{e.query}" '
+            f'data-key="{e.key}" tabindex="0"><td class="num">{rank}</td><td class="num">{e.layer}</td>'
+            f'<td class="num">{e.head}</td><td>{escape(e.query_token)} <span class="idx">#{e.query}</span></td>'
+            f'<td>{escape(e.key_token)} <span class="idx">#{e.key}</span></td><td class="num">{format_value(e.score)}</td></tr>'
+        )
+    return f"""<section id="edges">
+<h2>Top attributed connections</h2>
+<p class="caption">The largest scores over all layers and heads: the query token takes information from the key
+token. Click a row to show its head.</p>
+<table class="data"><thead><tr><th>#</th><th>layer</th><th>head</th><th>query</th><th>key</th><th>score</th>
+</tr></thead><tbody>{"".join(rows)}</tbody></table>
+</section>"""
+
+
+def _extra_section(section: Section, anchor: str, index: int) -> str:
+    parts = [f'<section id="{escape(anchor)}" class="extra">', f"<h2>{escape(section.title)}</h2>"]
+    if section.text:
+        parts.append(paragraphs(section.text))
+    for k, image in enumerate(section.images):
+        parts.append(image_html(image, f"s{index}i{k}"))
+    for table in section.tables:
+        parts.append(table_html(table))
+    for note in section.notes:
+        parts.append(f'<p class="note">{inline(note)}</p>')
+    parts.append("</section>")
+    return "\n".join(parts)
