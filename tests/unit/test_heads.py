@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from attattr.analyses import heads
-from attattr.analyses.runs import RunStore
+from attattr.analyses.runs import MemoryStore, RunStore
 from attattr.core.hooks import AttentionHook
 from tests.tiny import tiny_model, tiny_tokenizer
 
@@ -370,7 +370,7 @@ def test_pruning_curves_match_pruning_by_hand():
     imps = {"fixed": heads.Importance(scores, "fixed")}
     for s in range(3):
         imps[f"random-{s}"] = heads.head_importance(model, tok, None, "random", seed=s)
-    store = heads._MemoryStore()
+    store = MemoryStore()
     result = heads.pruning_curves(model, tok, exs, imps, fractions=(0.0, 0.5, 1.0), store=store)
     labels = torch.tensor([x.label for x in exs])
 
@@ -441,36 +441,30 @@ def _stop_after(batches: int):
 
 
 def test_interrupted_importance_run_resumes_with_identical_numbers(tmp_path, monkeypatch):
+    import attattr.methods.attribution as attribution
+
     model, tok = sharp_model(), tiny_tokenizer()
     exs = examples(model, tok)
-    settings = {"method": "attattr", "steps": 4}
     path = tmp_path / "run.jsonl"
     with pytest.raises(Stop):
         heads.head_importance(
-            model,
-            tok,
-            exs,
-            "attattr",
-            steps=4,
-            batch_size=2,
-            store=RunStore(path, settings),
-            on_example=_stop_after(2),
+            model, tok, exs, "attattr", steps=4, batch_size=2, store=path, on_example=_stop_after(2)
         )
     assert len(path.read_text().splitlines()) == 1 + 4  # header + two batches of two
+    header = json.loads(path.read_text().splitlines()[0])
+    assert header["kind"] == "heads.importance" and header["settings"]["steps"] == 4
     with open(path, "a") as f:  # a record cut short by a kill
         f.write('{"id": "e6", "attattr": [[0.1, ')
 
     computed: list[str] = []
-    original = heads._attribution_records
+    original = attribution.attribution_records
 
     def counting(model, tok, members, **kw):
         computed.extend(x.id for x in members)
         return original(model, tok, members, **kw)
 
-    monkeypatch.setattr(heads, "_attribution_records", counting)
-    resumed = heads.head_importance(
-        model, tok, exs, "attattr", steps=4, batch_size=2, store=RunStore(path, settings)
-    )
+    monkeypatch.setattr(attribution, "attribution_records", counting)
+    resumed = heads.head_importance(model, tok, exs, "attattr", steps=4, batch_size=2, store=path)
     assert sorted(computed) == sorted(x.id for x in exs if x.id not in _ids_in(path, before=5))
     assert len(computed) == 3
     computed.clear()
@@ -480,10 +474,17 @@ def test_interrupted_importance_run_resumes_with_identical_numbers(tmp_path, mon
     assert resumed.example_ids == [x.id for x in exs]
     # a finished run resumes without computing anything
     computed.clear()
-    again = heads.head_importance(
-        model, tok, exs, "attattr", steps=4, batch_size=2, store=RunStore(path, settings)
-    )
+    again = heads.head_importance(model, tok, exs, "attattr", steps=4, batch_size=2, store=path)
     assert computed == [] and torch.equal(again.scores, fresh.scores)
+    # the same file with other settings is refused by name
+    with pytest.raises(heads.ResultFileError, match=r"other settings \(steps\)"):
+        heads.head_importance(model, tok, exs, "attattr", steps=3, batch_size=2, store=path)
+    # a folder holds one file per settings
+    for steps in (3, 4):
+        heads.head_importance(
+            model, tok, exs[:2], "attattr", steps=steps, batch_size=2, runs_dir=tmp_path / "r"
+        )
+    assert len(list((tmp_path / "r").glob("importance-attattr-*.jsonl"))) == 2
 
 
 def _ids_in(path, before: int) -> set[str]:
@@ -497,14 +498,25 @@ def test_interrupted_effectiveness_run_resumes_with_identical_numbers(tmp_path):
     path = tmp_path / "eff.jsonl"
     kwargs = dict(step=3, steps=4, batch_size=3)
     with pytest.raises(Stop):
-        heads.effectiveness(
-            model, tok, exs, store=RunStore(path, {"s": 1}), on_example=_stop_after(1), **kwargs
-        )
+        heads.effectiveness(model, tok, exs, store=path, on_example=_stop_after(1), **kwargs)
     assert len(path.read_text().splitlines()) == 1 + 3
-    resumed = heads.effectiveness(model, tok, exs, store=RunStore(path, {"s": 1}), **kwargs)
+    resumed = heads.effectiveness(model, tok, exs, store=path, **kwargs)
     fresh = heads.effectiveness(model, tok, exs, **kwargs)
     assert resumed["curves"] == fresh["curves"]
     assert resumed["example_ids"] == [x.id for x in exs]
+
+
+def test_pruning_run_resumes_from_its_store(tmp_path):
+    model, tok = sharp_model(), tiny_tokenizer()
+    exs = examples(model, tok)
+    scores = torch.arange(LAYERS * HEADS, dtype=torch.float64).view(LAYERS, HEADS)
+    imps = {"fixed": heads.Importance(scores, "fixed")}
+    first = heads.pruning_curves(model, tok, exs, imps, fractions=(0.0, 0.5), runs_dir=tmp_path)
+    (path,) = tmp_path.glob("prune-eval-*.jsonl")
+    assert len(path.read_text().splitlines()) == 1 + 2
+    again = heads.pruning_curves(model, tok, exs, imps, fractions=(0.0, 0.5, 1.0), runs_dir=tmp_path)
+    assert again["methods"]["fixed"]["accuracy"][:2] == first["methods"]["fixed"]["accuracy"]
+    assert len(path.read_text().splitlines()) == 1 + 3  # only the new pruned set was evaluated
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,7 +566,7 @@ def test_cli_end_to_end(tiny_files, tmp_path, monkeypatch, capsys):
     assert printed["method"] == "taylor" and len(saved.example_ids) == 5
     assert saved.scores.shape == (LAYERS, HEADS) and saved.per_example.shape == (5, LAYERS, HEADS)
     assert (out / "importance-taylor.png").stat().st_size > 0 and (out / "importance-taylor.svg").exists()
-    assert (out / "runs" / "importance-taylor.jsonl").exists()
+    assert len(list((out / "runs").glob("importance-taylor-*.jsonl"))) == 1
 
     code, _, _ = _cli(
         monkeypatch, capsys, "heads", "effectiveness", "--model", model_a, *common, "--examples", 4,
@@ -607,3 +619,51 @@ def test_cli_errors_are_one_line(tiny_files, tmp_path, monkeypatch, capsys):
     code, _, err = _cli(monkeypatch, capsys, "heads", "importance", "--model", model_a, "--data",
                         tmp_path / "missing.csv", "--out", tmp_path)  # fmt: skip
     assert code == 2 and "no such file" in err
+
+
+def test_cli_runs_with_other_settings_coexist_and_rejected_commands_write_nothing(
+    tiny_files, tmp_path, monkeypatch, capsys
+):
+    from attattr.analyses.runs import Job
+
+    (model_a, _), csv = tiny_files
+    out = tmp_path / "out"
+    base = ["heads", "importance", "--model", model_a, "--data", csv, "--examples", 3, "--steps", 2]
+    base += ["--batch-size", 2, "--out", out]
+    for extra, message in (
+        (["--steps", 0], "steps must be an integer >= 1, got 0"),
+        (["--rule", "bogus"], "unknown integration rule 'bogus'"),
+        (["--batch-size", 0], "batch size must be an integer >= 1"),
+        (["--method", "bogus"], "unknown method 'bogus'"),
+    ):
+        code, _, err = _cli(monkeypatch, capsys, *base, *extra)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+        assert not out.exists()  # nothing written, so the corrected command is not refused
+    code, _, err = _cli(monkeypatch, capsys, *base, "--rule", "riemann-left", "--text-column", "text")
+    assert code == 0, err
+    code, _, err = _cli(monkeypatch, capsys, *base)  # another rule into the same folder
+    assert code == 0, err
+    files = sorted((out / "runs").glob("importance-attattr-*.jsonl"))
+    assert len(files) == 2
+    rules = {json.loads(f.read_text().splitlines()[0])["settings"]["rule"] for f in files}
+    assert rules == {"riemann-left", "riemann-right"}
+    # --fresh starts over: stored records are computed again, not reused
+    path = next(f for f in files if "riemann-right" in f.read_text().splitlines()[0])
+    before = path.read_text()
+    lines = before.splitlines()
+    edited = [lines[0]] + [json.dumps({**json.loads(x), "probability": 123.0}) for x in lines[1:]]
+    path.write_text("\n".join(edited) + "\n")
+    code, _, _ = _cli(monkeypatch, capsys, *base)
+    assert code == 0 and "123.0" in path.read_text()  # resumed: nothing recomputed
+    code, _, _ = _cli(monkeypatch, capsys, *base, "--fresh")
+    assert code == 0 and path.read_text() == before
+    # two identical runs at once: the second is refused while the first holds the run file
+    header = json.loads(before.splitlines()[0])
+    with RunStore(path, Job(header["kind"], header["settings"])).session():
+        code, _, err = _cli(monkeypatch, capsys, *base)
+    assert code == 2 and "is busy" in err
+    # --out that is a file: refused before any work
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    code, _, err = _cli(monkeypatch, capsys, *base[:-2], "--out", blocker)
+    assert code == 2 and "is a file" in err

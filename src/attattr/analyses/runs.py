@@ -64,11 +64,13 @@ class RunExample:
     label: int | None = None
 
 
-def as_examples(examples: Iterable[Any], *, need_labels: bool = False) -> list[RunExample]:
+def as_examples(
+    examples: Iterable[Any], *, need_labels: bool = False, num_labels: int | None = None
+) -> list[RunExample]:
     """`RunExample`s from texts, `(text, pair[, label])` tuples, mappings with a "text" key, or
     objects with `.text` (and optional `.id`, `.text_pair`, `.label`, e.g. `attattr.data.Example`).
     An example without an id gets its position. Ids must be unique; texts non-empty strings;
-    labels integers (all of them present when `need_labels`)."""
+    labels integers (all of them present when `need_labels`; within 0..num_labels-1 when given)."""
     if examples is None:
         raise InputError("no examples given")
     out: list[RunExample] = []
@@ -109,6 +111,12 @@ def as_examples(examples: Iterable[Any], *, need_labels: bool = False) -> list[R
         if missing:
             raise InputError(
                 f"this analysis needs the gold label of every example; missing for {', '.join(missing[:3])}"
+            )
+    if num_labels is not None:
+        bad = next((x for x in out if x.label is not None and not 0 <= x.label < num_labels), None)
+        if bad is not None:
+            raise InputError(
+                f"gold label {bad.label} of example {bad.id} is out of range: the model has {num_labels} classes"
             )
     return out
 

@@ -1,0 +1,193 @@
+"""Effectiveness of per-example head orderings (SPEC §2a, the paper's Fig. 2): per example, prune
+its k least (or most) important heads by its own attribution (gold label) or by its own max
+attention weight; accuracy and mean gold-label probability against k. A resumable run: one record
+per example with its four curves."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ...core.encoding import predict
+from ...core.errors import InputError
+from ...core.hooks import model_num_heads, model_num_layers
+from ...methods.attribution import attribution_records, check_integration
+from ...methods.base import pairs_or_none
+from ...methods.gates import mask_key, per_example_gates
+from ..runs import Executor, Job, RunExample, as_examples, register_shard_function, run
+from .importance import ProgressFn, StoreArg, check_batch_size, store_for
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+KIND = "heads.effectiveness"
+CURVES = ("attattr-smallest", "attattr-largest", "attention-smallest", "attention-largest")
+
+
+def prune_counts(total: int, step: int) -> list[int]:
+    """0, step, 2*step, ... and always `total` itself."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise InputError(f"step must be an integer >= 1, got {step!r}")
+    counts = list(range(0, total + 1, step))
+    if counts[-1] != total:
+        counts.append(total)
+    return counts
+
+
+@register_shard_function(KIND)
+def effectiveness_shard(model, tokenizer, examples: Sequence[RunExample], job: Job) -> list[dict[str, Any]]:
+    """Per example: its attribution record plus, for each ordering and each k, whether the
+    prediction with those heads pruned is right and the gold label's probability."""
+    s = job.settings
+    counts = prune_counts(model_num_layers(model) * model_num_heads(model), s["step"])
+    records = attribution_records(
+        model,
+        tokenizer,
+        examples,
+        steps=s["steps"],
+        rule=s["rule"],
+        dtype=s["dtype"],
+        memory_budget=job.options.get("memory_budget"),
+    )
+    # one row per distinct (example, pruned set): k = 0 and k = all are shared by the four curves
+    rows_gates: list[torch.Tensor] = []
+    rows_example: list[int] = []
+    where: list[dict[str, list[int]]] = []
+    for b, record in enumerate(records):
+        seen: dict[str, int] = {}
+        slots: dict[str, list[int]] = {}
+        for curve in CURVES:
+            scores = torch.tensor(record[curve.split("-")[0]], dtype=torch.float64)[
+                None
+            ]  # [1, layers, heads]
+            slots[curve] = []
+            for k in counts:
+                g = per_example_gates(scores, k, largest=curve.endswith("largest"))[0]
+                key = mask_key(g)
+                if key not in seen:
+                    seen[key] = len(rows_gates)
+                    rows_gates.append(g)
+                    rows_example.append(b)
+                slots[curve].append(seen[key])
+        where.append(slots)
+    rows = [examples[b] for b in rows_example]
+    probs = predict(
+        model,
+        tokenizer,
+        [x.text for x in rows],
+        pairs_or_none(rows),
+        batch_size=job.options.get("eval_batch_size", 64),
+        head_gates=torch.stack(rows_gates),
+    )
+    for b, record in enumerate(records):
+        label = examples[b].label
+        record["curves"] = {
+            curve: {
+                "correct": [bool(probs[r].argmax() == label) for r in where[b][curve]],
+                "probability": [float(probs[r, label]) for r in where[b][curve]],
+            }
+            for curve in CURVES
+        }
+    return records
+
+
+def merge_effectiveness(records: Sequence[dict[str, Any]], counts: list[int]) -> dict[str, Any]:
+    """Mean accuracy and gold-label probability per curve and k, and the summary of the gaps."""
+    curves = {}
+    for curve in CURVES:
+        correct = np.array([r["curves"][curve]["correct"] for r in records], dtype=np.float64)
+        prob = np.array([r["curves"][curve]["probability"] for r in records], dtype=np.float64)
+        curves[curve] = {"accuracy": correct.mean(0).tolist(), "probability": prob.mean(0).tolist()}
+    return {"curves": curves, "summary": effectiveness_summary(counts, curves)}
+
+
+def effectiveness(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Iterable,
+    *,
+    step: int = 4,
+    batch_size: int = 8,
+    eval_batch_size: int = 64,
+    steps: int | str = 20,
+    rule: str = "riemann-right",
+    dtype: str | None = None,
+    memory_budget: int | None = None,
+    store: StoreArg = None,
+    runs_dir: str | os.PathLike | None = None,
+    fresh: bool = False,
+    on_example: ProgressFn | None = None,
+    settings: dict[str, Any] | None = None,
+    executor: Executor | None = None,
+    model_source: str | None = None,
+) -> dict[str, Any]:
+    """Returns {"counts": [k...], "curves": {curve: {"accuracy": [...], "probability": [...]}},
+    "examples": N, "example_ids": [...], "settings": {...}, "summary": {...}}.
+    store / runs_dir / fresh: as for `head_importance` (file `effectiveness-<hash>.jsonl`)."""
+    check_integration(steps, rule, dtype)
+    check_batch_size(batch_size)
+    check_batch_size(eval_batch_size, "evaluation batch size")
+    num_layers, num_heads = model_num_layers(model), model_num_heads(model)
+    counts = prune_counts(num_layers * num_heads, step)
+    items = as_examples(examples, need_labels=True, num_labels=model.config.num_labels)
+    context = dict(settings or {})
+    job = Job(
+        KIND,
+        {
+            **context,
+            "examples": [x.id for x in items],
+            "step": step,
+            "batch_size": batch_size,
+            "steps": steps,
+            "rule": rule,
+            "dtype": dtype or "float32",
+        },
+        {"eval_batch_size": eval_batch_size, "memory_budget": memory_budget},
+    )
+    model.eval()
+    records = run(
+        job,
+        items,
+        model=model,
+        tokenizer=tokenizer,
+        store=store_for(job, store, runs_dir, "effectiveness", fresh),
+        executor=executor,
+        batch_size=batch_size,
+        progress=on_example,
+        model_source=model_source,
+    )
+    merged = merge_effectiveness(records, counts)
+    return {
+        "kind": "effectiveness",
+        "counts": counts,
+        "total_heads": num_layers * num_heads,
+        "curves": merged["curves"],
+        "examples": len(records),
+        "example_ids": [r["id"] for r in records],
+        "settings": {
+            **context,
+            "step": step,
+            "steps": steps,
+            "rule": rule,
+            "dtype": dtype or "float32",
+            "batch_size": batch_size,
+        },
+        "summary": merged["summary"],
+    }
+
+
+def effectiveness_summary(counts: list[int], curves: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    """Area under each accuracy curve (mean accuracy over k) and the gap smallest-first minus
+    largest-first per ordering: a larger gap = an ordering that better separates heads."""
+    x = np.asarray(counts, dtype=np.float64)
+    span = x[-1] - x[0] if len(x) > 1 else 1.0
+    area = {c: float(np.trapezoid(v["accuracy"], x) / span) for c, v in curves.items()}
+    return {
+        "mean_accuracy": area,
+        "gap_attattr": area["attattr-smallest"] - area["attattr-largest"],
+        "gap_attention": area["attention-smallest"] - area["attention-largest"],
+    }

@@ -1,0 +1,100 @@
+"""attattr: the mean over examples of max_{i,j} Attr_h(x), the attribution of the gold label's
+probability (max pooling, SPEC §2). Its records also keep each head's largest attention weight,
+which the effectiveness analysis orders heads by."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..core.engine import attribute_many, resolve_dtype
+from ..core.errors import InputError
+from ..core.quadrature import RULES
+from ..core.quadrature import rule as quadrature_rule
+from .base import Example, Method, Record, per_example_tables, register_method, table
+from .importance import Importance
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def check_integration(steps: int | str, rule: str, dtype: str | None) -> None:
+    """Refuse bad integration settings before any work (InputError)."""
+    if rule not in RULES:
+        raise InputError(f"unknown integration rule {rule!r}; choose one of: {', '.join(RULES)}")
+    if isinstance(steps, str):
+        if steps != "auto":
+            raise InputError(f"steps must be an integer or 'auto', got {steps!r}")
+    else:
+        quadrature_rule(rule, steps)  # steps >= 1
+    resolve_dtype(dtype, "cpu")
+
+
+def attribution_records(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    *,
+    steps: int | str,
+    rule: str,
+    dtype: str | None,
+    memory_budget: int | None = None,
+) -> list[Record]:
+    """Per example: the attribution importance (gold label), the max-attention importance, and
+    the unpruned prediction (gold-label probability, correctness). One engine call for the batch."""
+    out = []
+    for attr in attribute_many(
+        model,
+        tokenizer,
+        examples,
+        target="gold",
+        output="prob",
+        steps=steps,
+        rule=rule,
+        dtype=dtype,
+        memory_budget=memory_budget,
+        batch_size=len(examples),
+    ):
+        out.append(
+            {
+                "id": attr.example_id,
+                "attattr": table(attr.head_importance()),
+                "attention": table(attr.attentions.flatten(2).amax(dim=2)),
+                "label": attr.label,
+                "probability": attr.probabilities[attr.label],
+                "correct": attr.predicted == attr.label,
+            }
+        )
+    return out
+
+
+def _records(model, tokenizer, examples: Sequence[Example], settings: Mapping[str, Any]) -> list[Record]:
+    return attribution_records(
+        model,
+        tokenizer,
+        examples,
+        steps=settings["steps"],
+        rule=settings["rule"],
+        dtype=settings.get("dtype"),
+        memory_budget=settings.get("memory_budget"),
+    )
+
+
+def _merge(
+    records: Sequence[Record], *, num_layers: int, num_heads: int, settings: dict[str, Any]
+) -> Importance:
+    per_example = per_example_tables(records, "attattr")  # [examples, layers, heads]
+    ids = [r["id"] for r in records]
+    return Importance(per_example.mean(dim=0), "attattr", ids, settings, per_example=per_example)
+
+
+register_method(
+    Method(
+        "attattr",
+        _records,
+        _merge,
+        needs_labels=True,
+        integration=True,
+        summary="mean over examples of max_ij Attr_h(x) (gold-label probability)",
+    )
+)
