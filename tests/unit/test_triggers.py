@@ -593,3 +593,169 @@ def test_cli_mine_and_attack(tok, model, tmp_path, monkeypatch, capsys):
 
     code, out, _ = _cli(monkeypatch, capsys, "triggers", "attack", "--help")
     assert code == 0 and "Example:" in out and "attattr triggers attack" in out
+
+
+# ---- the command line: bad inputs refused before any work (one line, exit 2) ----------------
+DEV = ["the dog sat on the mat", "a cat ran down the mat", "it is a very good film"]
+
+
+@pytest.fixture(scope="module")
+def cli_setup(tok, model, tmp_path_factory):
+    """A model directory with label names, a patterns file mined with it, and its pattern lines."""
+    import copy
+
+    root = tmp_path_factory.mktemp("triggers-cli")
+    named = copy.deepcopy(model)
+    named.config.id2label = {0: "negative", 1: "positive"}
+    named.config.label2id = {"negative": 0, "positive": 1}
+    model_dir = root / "model"
+    named.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    mined = T.mine_patterns(
+        named, tok, _dataset(), examples=6, min_tokens=8, steps=3, model_id=str(model_dir.resolve())
+    )
+    patterns = T.write_patterns(root / "p.jsonl", mined, label_names=["negative", "positive"])
+    return model_dir, patterns, named
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return " ".join(lines[0].split())
+
+
+def _csv(path, rows):
+    path.write_text("text,label\n" + "".join(f'"{t}",{y}\n' for t, y in rows))
+    return path
+
+
+def test_cli_attack_checks_labels_against_the_model(cli_setup, tok, tmp_path, run_cli):
+    from attattr.core.encoding import model_inputs
+
+    model_dir, patterns, named = cli_setup
+    args = ["triggers", "attack", "--model", model_dir, "--patterns", patterns, "--top", 1]
+    args += ["--min-score", 0, "--seeds", 1, "--json"]
+    # three sentences labelled by name: "positive" is the model's class 1, whatever else the file holds
+    data = _csv(tmp_path / "pos.csv", [(t, "positive") for t in DEV])
+    code, out, err = run_cli(*args, "--data", data, "--out", tmp_path / "a")
+    assert code == 0, err
+    report = json.loads(out)
+    with torch.no_grad():
+        enc = tok(DEV, padding=True, return_tensors="pt")
+        predicted = named(**model_inputs(enc, named)).logits.argmax(-1)
+    assert report["classes"] == ["positive"] and report["class_sizes"] == [3]
+    assert report["before"] == pytest.approx([float((predicted == 1).float().mean())])
+
+    # a label the model does not know, and integer labels outside its classes: refused, nothing written
+    weather = _csv(tmp_path / "weather.csv", [(DEV[0], "positive"), (DEV[1], "weather")])
+    code, _, err = run_cli(*args, "--data", weather, "--out", tmp_path / "b")
+    assert code == 2
+    assert _one_line(err) == (
+        "error: weather: label values not seen in training: 'weather' (the model knows: negative, positive)"
+    )
+    ints = _csv(tmp_path / "ints.csv", [(DEV[0], 1), (DEV[1], 5)])
+    code, _, err = run_cli(*args, "--data", ints, "--out", tmp_path / "c")
+    assert code == 2
+    assert (
+        _one_line(err) == "error: ints: label values not seen in training: 5 (the model has 2 labels: 0..1)"
+    )
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--limit", -4, "error: --limit must be >= 1, got -4"),
+        ("--limit", 0, "error: --limit must be >= 1, got 0"),
+        ("--batch-size", 0, "error: --batch-size must be >= 1, got 0"),
+        ("--seeds", 0, "error: --seeds must be >= 1, got 0"),
+        ("--top", 0, "error: --top must be >= 1, got 0"),
+    ],
+)
+def test_cli_attack_bad_options_before_any_work(cli_setup, tmp_path, run_cli, option, value, message):
+    _, patterns, _ = cli_setup
+    # the model does not exist: the option is refused before anything is loaded or written
+    out = tmp_path / "attack"
+    code, _, err = run_cli(
+        "triggers", "attack", "--model", tmp_path / "no-model", "--patterns", patterns, option, value,
+        "--out", out,
+    )  # fmt: skip
+    assert code == 2 and _one_line(err) == message
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "edit, reason",
+    [
+        (lambda d: d.pop("layer"), "missing 'layer'"),
+        (lambda d: d["tokens"][0].update(position=-5), "'position' -5 is out of range (0..{last})"),
+        (lambda d: d["tokens"][0].update(position=999), "'position' 999 is out of range (0..{last})"),
+        (lambda d: d["pairs"][0].update(key=-1), "'key' -1 is out of range (0..{last})"),
+        (lambda d: d.update(layer="2"), "'layer' must be an integer, got \"2\""),
+        (lambda d: d.update(layer=1.5), "'layer' must be an integer, got 1.5"),
+        (lambda d: d.update(head=None), "'head' must be an integer, got null"),
+        (lambda d: d.update(predicted=7), "'predicted' 7 is out of range (class 0..1)"),
+        (lambda d: d.update(label=-1), "'label' -1 is out of range (class 0..1)"),
+        (lambda d: d["pairs"][0].pop("score"), "every pair needs 'query', 'key' and 'score'"),
+        (lambda d: d["tokens"][0].update(special="no"), "token 'special' must be true or false"),
+    ],
+)
+def test_corrupt_pattern_lines_refused(cli_setup, tmp_path, run_cli, edit, reason):
+    model_dir, patterns, _ = cli_setup
+    header, first, *rest = patterns.read_text().splitlines()
+    record = json.loads(first)
+    edit(record)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([header, json.dumps(record), *rest]) + "\n")
+    reason = reason.format(last=record["num_tokens"] - 1)
+    expected = f"{bad}, line 2: malformed pattern ({reason})"
+    with pytest.raises(ResultFileError) as exc:
+        T.load_patterns(bad)  # the class range comes from the header's label names
+    assert str(exc.value) == expected
+    code, _, err = run_cli(
+        "triggers", "attack", "--model", model_dir, "--patterns", bad, "--data", _csv(tmp_path / "d.csv", [(DEV[0], 0)]),
+        "--out", tmp_path / "out",
+    )  # fmt: skip
+    assert code == 2 and _one_line(err) == f"error: {expected}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_mine_bad_options_write_nothing(tmp_path, run_cli):
+    out = tmp_path / "p.jsonl"
+    for args, message in [
+        (("--rule", "bogus"), "unknown integration rule 'bogus'; choose one of:"),
+        (("--steps", 0), "--steps must be >= 1, got 0"),
+        (("--batch-size", 0), "--batch-size must be >= 1, got 0"),
+        (("--order", "last"), "--order must be one of random, first, got 'last'"),
+        (("--examples", 0), "--examples must be >= 1, got 0"),
+    ]:
+        code, _, err = run_cli("triggers", "mine", "--model", tmp_path / "no-model", *args, "--out", out)
+        assert code == 2 and _one_line(err).startswith(f"error: {message}"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- per-example appends: an interrupted run keeps every finished example ------------------
+def test_mining_appends_each_finished_shard(tok, model, tmp_path):
+    data = _dataset()
+    full = T.mine_patterns(model, tok, data, examples=6, min_tokens=0, steps=3, batch_size=2)
+    run = tmp_path / "run.jsonl"
+    finished = []
+
+    def progress(n):
+        finished.append(n)
+        if sum(finished) >= 4:
+            raise KeyboardInterrupt  # killed once four examples are reported done
+
+    with pytest.raises(KeyboardInterrupt):
+        T.mine_patterns(
+            model, tok, data, examples=6, min_tokens=0, steps=3, batch_size=2, store=run, progress=progress
+        )
+    assert finished == [2, 2]
+    lines = run.read_text().splitlines()
+    assert len(lines) == 1 + 4  # the header and the k = 4 finished examples
+    stored = {json.loads(line)["id"]: json.loads(line) for line in lines[1:]}
+    by_id = {p.example_id: p.to_dict() for p in full.patterns}
+    assert all(r["pattern"] == by_id[i] for i, r in stored.items())
+    again = T.mine_patterns(model, tok, data, examples=6, min_tokens=0, steps=3, batch_size=2, store=run)
+    assert len(run.read_text().splitlines()) == 1 + 6
+    assert [p.to_dict() for p in again.patterns] == [p.to_dict() for p in full.patterns]

@@ -1,9 +1,14 @@
-"""Commands: `attattr triggers mine` and `attattr triggers attack` (SPEC §4)."""
+"""Commands: `attattr triggers mine` and `attattr triggers attack` (docs/triggers.md).
+
+Each command checks its options before any work, makes one analysis call
+(`attattr.analyses.triggers`), and renders: a table on the terminal, files through
+`attattr.analyses.triggers.files` / `attattr.core.files`, the chart and the report page.
+"""
 
 from __future__ import annotations
 
-import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -32,16 +37,23 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 PairOpt = Annotated[str | None, typer.Option("--pair-column", help="Second-text column (sentence pairs).")]
 
 
-def _load(model: str, data: str, split: str, limit: int | None, pair_column: str | None, quiet: bool):
+def _load(
+    model: str, data: str, split: str, pair_column: str | None, quiet: bool, *, first: int | None = None
+):
     from .. import data as data_mod
     from .. import models
 
     loaded = models.load(model, quiet=quiet)
-    kwargs = {"limit": limit}
+    kwargs = {"limit": first}
     if pair_column:
         kwargs["pair_column"] = pair_column
     dataset = data_mod.load_dataset(data, split, **kwargs)
     return loaded, dataset
+
+
+def _at_least(option: str, value: int | None, low: int) -> None:
+    if value is not None and value < low:
+        raise InputError(f"{option} must be >= {low}, got {value}")
 
 
 @triggers_app.command("mine")
@@ -79,26 +91,23 @@ def mine(
     the built-in splits keep their source order, positives before negatives). The run resumes from
     `<out>.run.jsonl` when interrupted (same settings only).
     """
-    from ..analyses.runs import RunStore
-    from ..analyses.triggers import mine_patterns, mining_settings, write_patterns
+    from ..analyses.triggers import ORDERS, mine_patterns, write_patterns
+    from ..core.quadrature import RULES
 
-    if examples < 1:
-        raise InputError(f"--examples must be >= 1, got {examples}")
-    limit = examples if order == "first" else None
-    loaded, dataset = _load(model, data, split, limit, pair_column, quiet=json_out)
-    settings = mining_settings(
-        loaded.model,
-        loaded.tokenizer,
-        dataset,
-        examples=examples,
-        min_tokens=min_tokens,
-        steps=steps,
-        rule=rule,
-        order=order,
-        seed=seed,
-        model_id=loaded.model_id,
+    _at_least("--examples", examples, 1)
+    _at_least("--min-tokens", min_tokens, 0)
+    _at_least("--steps", steps, 1)
+    _at_least("--batch-size", batch_size, 1)
+    _at_least("--show", show, 0)
+    if order not in ORDERS:
+        raise InputError(f"--order must be one of {', '.join(ORDERS)}, got {order!r}")
+    if rule not in RULES:
+        raise InputError(f"unknown integration rule {rule!r}; choose one of: {', '.join(RULES)}")
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder; give the patterns file to write")
+    loaded, dataset = _load(
+        model, data, split, pair_column, quiet=json_out, first=examples if order == "first" else None
     )
-    store = RunStore(_run_path(out), settings)
     with progress_bar("mining patterns", min(examples, len(dataset)), quiet=json_out) as advance:
         result = mine_patterns(
             loaded.model,
@@ -111,7 +120,7 @@ def mine(
             order=order,
             seed=seed,
             batch_size=batch_size,
-            store=store,
+            store=_run_path(out),
             progress=advance,
             model_id=loaded.model_id,
             label_names=loaded.label_names,
@@ -172,18 +181,26 @@ def attack_cmd(
     Example:  attattr triggers attack --model minilm-rt --patterns patterns.jsonl
     --data rotten-tomatoes --split dev --top 3 --out attack/
     """
-    from ..analyses.triggers import attack, attack_evaluations, load_patterns, select_patterns
+    from ..analyses.triggers import (
+        attack,
+        attack_evaluations,
+        load_patterns,
+        sample_indices,
+        select_patterns,
+        write_attack,
+    )
     from ..render.plots.triggers import plot_attack
 
-    if seeds < 1:
-        raise InputError(f"--seeds must be >= 1, got {seeds}")
-    loaded, dataset = _load(model, data, split, None, pair_column, quiet=json_out)
-    if limit is not None:
-        from dataclasses import replace
-
-        from ..analyses.triggers import sample_indices
-
-        # a seeded sample, not the first N: built-in splits are ordered by label
+    _at_least("--top", top, 1)
+    _at_least("--seeds", seeds, 1)
+    _at_least("--limit", limit, 1)
+    _at_least("--batch-size", batch_size, 1)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
+    if not patterns.is_file():
+        raise InputError(f"patterns file not found: {patterns}")
+    loaded, dataset = _load(model, data, split, pair_column, quiet=json_out)
+    if limit is not None:  # a seeded sample, not the first N: built-in splits are ordered by label
         dataset = replace(dataset, examples=[dataset[i] for i in sample_indices(len(dataset), limit)])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -191,6 +208,7 @@ def attack_cmd(
             patterns,
             model_id=loaded.model_id,
             tokenizer=loaded.tokenizer,
+            num_labels=int(loaded.model.config.num_labels),
             allow_other_model=allow_other_model,
         )
     for w in caught:
@@ -212,16 +230,14 @@ def attack_cmd(
             progress=advance,
         )
     report.settings.update({"model_id": loaded.model_id, "patterns_file": str(patterns), "data": data})
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "attack.json").write_text(json.dumps(report.to_json(), indent=1))
-    (out / "attack.md").write_text(report.markdown())
+    written = write_attack(out, report)
     figures = plot_attack(report, out / "attack")
     figures = [*figures, write_dataset_report(out, "adversarial triggers", figures, text=report.markdown())]
     if json_out:
         print_json(
             {
                 **report.to_json(),
-                "files": [str(out / "attack.json"), str(out / "attack.md")] + [str(f) for f in figures],
+                "files": [str(f) for f in [*written, *figures]],
             }
         )
         return
@@ -252,9 +268,7 @@ def attack_cmd(
             "yes" if r.adversarial else "no",
         )
     console.print(table)
-    console.print(
-        f"wrote {out / 'attack.json'}, {out / 'attack.md'} and {', '.join(str(f) for f in figures)}"
-    )
+    console.print(f"wrote {', '.join(str(f) for f in [*written, *figures])}")
 
 
 def _run_path(out: Path) -> Path:

@@ -292,7 +292,7 @@ def match_labels(dataset, label_names: Sequence[str] | None, num_labels: int):
     """With the model's `label_names`, a `data.Dataset`'s labels as the model's class indices
     (`data.check_labels`: unknown labels refused); otherwise the examples as they are (their labels
     must already be class indices)."""
-    if label_names is not None and isinstance(dataset, Dataset):
+    if label_names and isinstance(dataset, Dataset):
         return check_labels(dataset, label_names, num_labels=num_labels)
     return dataset
 
