@@ -1,15 +1,21 @@
 """The engine against a deliberately plain reference: for each example alone, each layer and each
-integration step, one full forward pass with that layer's attention replaced by alpha * A."""
+integration step, one full forward pass with that layer's attention replaced by alpha * A.
+
+Encoders (the five tiny architectures) and decoder classifiers (Llama and Qwen2 with grouped-query
+attention, whose head pools the last non-padding token of each input)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import transformers as tf
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 import attattr
-from attattr.core.encoding import model_inputs
+from attattr.core.encoding import model_inputs, predict
 from attattr.core.quadrature import rule as quadrature_rule
 
 from ..tiny import ARCHITECTURES, tiny_model, tiny_tokenizer
@@ -18,6 +24,9 @@ _REF = {"layer": None, "alpha": 1.0, "calls": 0, "A": None, "leaf": None}
 
 
 def _reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    if key.shape[1] != query.shape[1]:  # grouped-query attention: each kv head serves a group of query heads
+        key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
+        value = value.repeat_interleave(query.shape[1] // value.shape[1], dim=1)
     scores = torch.matmul(query, key.transpose(2, 3)) * (scaling or query.size(-1) ** -0.5)
     if attention_mask is not None:
         scores = scores + attention_mask
@@ -36,16 +45,16 @@ AttentionInterface.register("plain-reference", _reference_attention)
 ALL_MASK_ATTENTION_FUNCTIONS.register("plain-reference", eager_mask)
 
 
-def reference_attribution(model, tokenizer, text, pair, rule, steps, output="prob"):
+def reference_attribution(model, tokenizer, text, pair, rule, steps, output="prob", target=None):
     """[layers, heads, n, n] scores and per-layer F(0*A), one example, one pass per (layer, step)."""
-    enc = tokenizer(text, pair, return_tensors="pt")
+    enc = tokenizer(text, pair, return_tensors="pt")  # alone: no padding
     inputs = model_inputs(enc, model)
     model.set_attn_implementation("plain-reference")
     try:
         with torch.no_grad():
             _REF.update(layer=None, calls=0)
             logits = model(**inputs).logits[0]
-        target = int(logits.argmax())
+        target = int(logits.argmax()) if target is None else target
 
         def f(lg):
             if output == "logit":
@@ -132,3 +141,117 @@ def test_layer_subset_and_hook_restores_eager():
     assert part.layers == [1]
     torch.testing.assert_close(part.scores[0], full.scores[1], atol=1e-6, rtol=0)
     assert model.config._attn_implementation == "eager"
+
+
+# ---- decoder classifiers --------------------------------------------------------------------
+DECODERS = {
+    "llama": (tf.LlamaConfig, tf.LlamaForSequenceClassification),
+    "qwen2": (tf.Qwen2Config, tf.Qwen2ForSequenceClassification),
+}
+DECODER_EXAMPLES = [
+    ("a b c", None),
+    ("the cat sat on a mat with a dog", None),
+    ("dog", "the mat and the cat"),
+    ("not a good film", None),
+]
+
+
+def tiny_decoder(arch: str, *, seed: int = 0, num_labels: int = 3):
+    """A seeded random decoder classifier over the tiny tokenizer's vocabulary: 4 query heads
+    sharing 2 key-value heads, the tokenizer's [PAD] as padding token, eager attention."""
+    config_cls, model_cls = DECODERS[arch]
+    tok = tiny_tokenizer()
+    torch.manual_seed(seed)
+    config = config_cls(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        pad_token_id=tok.pad_token_id,
+        initializer_range=0.2,
+    )
+    model = model_cls(config)
+    model.set_attn_implementation("eager")
+    return model.eval()
+
+
+def padded_tokenizer(side: str):
+    tok = copy.deepcopy(tiny_tokenizer())
+    tok.padding_side = side
+    return tok
+
+
+@pytest.mark.parametrize("arch", sorted(DECODERS))
+def test_decoder_classifier_matches_plain_reference_single_and_pair(arch):
+    model, tok = tiny_decoder(arch), tiny_tokenizer()
+    for text, pair in [("the cat sat on a mat", None), ("a dog ran", "the cat sat down again")]:
+        ref, target, baselines, f_full = reference_attribution(model, tok, text, pair, "riemann-right", 4)
+        got = attattr.attribute(model, tok, text, pair, steps=4)
+        assert got.target == target
+        assert got.scores.shape == ref.shape == (3, 4, len(got.tokens), len(got.tokens))
+        torch.testing.assert_close(got.scores, ref, atol=1e-5, rtol=0)
+        assert got.output_value == pytest.approx(f_full, abs=1e-6)
+        assert got.baseline_values == pytest.approx(baselines, abs=1e-6)
+        # causal: a token never attends to a later one, so those scores are exactly 0
+        assert torch.equal(got.scores.triu(1), torch.zeros_like(got.scores))
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("arch", sorted(DECODERS))
+def test_decoder_batches_with_padding_match_each_example_alone(arch, side):
+    """A batch pads its shorter inputs; the forked rows must still be classified from their own
+    example's last real token (transformers' own pooling would drop them)."""
+    model, tok = tiny_decoder(arch), padded_tokenizer(side)
+    got = list(
+        attattr.attribute_many(model, tok, DECODER_EXAMPLES, steps=3, rule="gauss-legendre", batch_size=4)
+    )
+    assert [g.text for g in got] == [e[0] for e in DECODER_EXAMPLES]
+    for (text, pair), g in zip(DECODER_EXAMPLES, got, strict=True):
+        ref, target, baselines, f_full = reference_attribution(model, tok, text, pair, "gauss-legendre", 3)
+        assert g.target == target
+        torch.testing.assert_close(g.scores, ref, atol=1e-5, rtol=0)
+        assert g.output_value == pytest.approx(f_full, abs=1e-6)
+        assert g.baseline_values == pytest.approx(baselines, abs=1e-6)
+
+
+def test_decoder_logprob_gold_target_and_split_passes_match_reference():
+    model, tok = tiny_decoder("llama", seed=1), padded_tokenizer("left")
+    text = "the film is very good"
+    ref, _, _, _ = reference_attribution(model, tok, text, None, "trapezoid", 3, output="logprob", target=2)
+    examples = [
+        attattr.data.Example(id="x", text=text, label=2),
+        attattr.data.Example(id="y", text="a", label=0),
+    ]
+    for budget in (1 << 34, 1):  # one pass, or one pass per (layer, node)
+        got = list(
+            attattr.attribute_many(
+                model,
+                tok,
+                examples,
+                output="logprob",
+                target="gold",
+                rule="trapezoid",
+                steps=3,
+                memory_budget=budget,
+            )
+        )
+        assert got[0].target == 2
+        torch.testing.assert_close(got[0].scores, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_decoder_predict_in_batches_equals_each_input_alone(side):
+    model, tok = tiny_decoder("qwen2"), padded_tokenizer(side)
+    texts = [e[0] for e in DECODER_EXAMPLES]
+    pairs = [e[1] for e in DECODER_EXAMPLES]
+    batched = predict(model, tok, texts, pairs, batch_size=4)
+    for i, (text, pair) in enumerate(DECODER_EXAMPLES):
+        with torch.no_grad():
+            alone = torch.softmax(
+                model(**model_inputs(tok(text, pair, return_tensors="pt"), model)).logits, -1
+            )
+        torch.testing.assert_close(batched[i], alone[0], atol=1e-6, rtol=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -9,7 +10,7 @@ from transformers import BatchEncoding
 
 from .errors import InputError
 from .hooks import AttentionHook, HeadGate
-from .objectives import readout_for
+from .objectives import is_last_token_classifier, readout_for
 from .shapes import ClassProbabilities, ExampleHeadTable, HeadTable
 
 
@@ -83,11 +84,31 @@ def encode_batch(
 
 
 def model_inputs(enc: BatchEncoding, model) -> dict[str, torch.Tensor]:
-    """The encoding's tensors the model's forward accepts (DistilBERT takes no token_type_ids)."""
-    import inspect
+    """The encoding's tensors the model's forward accepts (DistilBERT takes no token_type_ids).
 
+    A decoder given a left-padded batch also gets `position_ids` counted from each input's first
+    real token, so that every input sits at the positions it has alone (the model would otherwise
+    number the padding too)."""
     params = inspect.signature(model.forward).parameters
-    return {k: v for k, v in enc.items() if k in params}
+    inputs = {k: v for k, v in enc.items() if k in params}
+    mask = enc.get("attention_mask")
+    if (
+        "position_ids" in params
+        and "position_ids" not in inputs
+        and mask is not None
+        and bool((mask[:, 0] == 0).any())
+        and _is_decoder(model)
+    ):
+        inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [examples, seq]
+    return inputs
+
+
+def _is_decoder(model) -> bool:
+    return (
+        is_last_token_classifier(model)
+        or type(model).__name__.endswith("ForCausalLM")
+        or bool(getattr(model.config, "is_decoder", False))
+    )
 
 
 @torch.no_grad()

@@ -499,9 +499,10 @@ def layer_modules(model: nn.Module) -> list[nn.Module]:
 
 def _probe_token(model) -> int:
     config = model.config
+    vocab = getattr(config, "vocab_size", None)
     for name in ("cls_token_id", "bos_token_id", "pad_token_id"):
         value = getattr(config, name, None)
-        if isinstance(value, int):
+        if isinstance(value, int) and (not isinstance(vocab, int) or 0 <= value < vocab):
             return value
     return 0
 
