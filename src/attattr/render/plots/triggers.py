@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 
 from .style import save_figure
 
+if TYPE_CHECKING:
+    from ...analyses.triggers import AttackReport
+
 COLORS = {"before": "#9e9e9e", "trigger": "#c62828", "control": "#1565c0"}
 
 
-def plot_attack(report, path: str | Path, *, columns: int = 3) -> list[Path]:
-    """One panel per attacked pattern; writes `path`.png and `path`.svg and returns the paths.
-
-    `report`: an `attattr.analyses.triggers.AttackReport`."""
+def plot_attack(report: AttackReport, path: str | Path, *, columns: int = 3) -> list[Path]:
+    """One panel per attacked pattern; writes `path`.png and `path`.svg and returns the paths."""
     results = report.results
     if not results:
         raise ValueError("the attack report has no patterns to plot")
