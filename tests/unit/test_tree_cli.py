@@ -140,15 +140,47 @@ def test_tree_stats_command(models, tmp_path, monkeypatch, capsys):
     assert summary["examples"] >= 1 and summary["faithfulness"]["k"] == [0, 1, 3]
     for name in (
         "tree_stats.json",
-        "tree_stats.jsonl",
         "faithfulness.png",
-        "receptive_field.png",
+        "receptive_field.svg",
+        "tree_size_depth.png",
         "report.html",
     ):
         assert (out / name).stat().st_size > 0, name
+    assert len(list((out / "runs").glob("tree-stats-*.jsonl"))) == 1
     # a second run resumes (same numbers) and prints a text summary
     code, stdout, _ = _cli(monkeypatch, capsys, *args)
     assert code == 0 and "receptive field" in stdout and "edge faithfulness" in stdout
     assert json.loads((out / "tree_stats.json").read_text())["sizes"] == summary["sizes"]
     code, _, err = _cli(monkeypatch, capsys, "tree", "stats", "--model", model_a, "--out", out, "--ks", "a,b")
     assert code == 2 and "--ks" in err
+
+
+def test_tree_stats_rejected_commands_write_nothing_and_settings_coexist(
+    models, tmp_path, monkeypatch, capsys
+):
+    model_a, _ = models
+    csv = tmp_path / "data.csv"
+    csv.write_text("text,label\n" + "".join(f'"{t}",{i % 2}\n' for i, t in enumerate(TEXTS)))
+    out = tmp_path / "stats"
+    options = ["tree", "stats", "--model", model_a, "--data", csv, "--examples", 2]
+    options += ["--steps", 2, "--ks", "0,1", "--seeds", 1, "--no-faithfulness"]
+    base = [*options, "--out", out]
+    for extra, message in (
+        (["--steps", 0], "steps must be an integer >= 1"),
+        (["--rule", "bogus"], "unknown integration rule 'bogus'"),
+        (["--threshold", 0], "threshold"),
+        (["--methods", "saliency"], "unknown connection ranking"),
+        (["--parent-choice", "x"], "parent_choice"),
+        (["--batch-size", 0], "batch size"),
+    ):
+        code, _, err = _cli(monkeypatch, capsys, *base, *extra)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
+        assert not out.exists(), extra
+    assert _cli(monkeypatch, capsys, *base)[0] == 0
+    assert _cli(monkeypatch, capsys, *base, "--threshold", 0.5, "--label-column", "label")[0] == 0
+    assert len(list((out / "runs").glob("tree-stats-*.jsonl"))) == 2
+    assert _cli(monkeypatch, capsys, *base, "--fresh")[0] == 0
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    code, _, err = _cli(monkeypatch, capsys, *options, "--out", blocker)
+    assert code == 2 and "is a file" in err

@@ -155,8 +155,8 @@ def test_faithfulness_refuses_an_attribution_from_another_tokenizer(tiny):
 def test_dataset_run_summary_and_resume(tiny, tmp_path, monkeypatch):
     model, tok = tiny
     texts = TEXTS[:4]
-    options = dict(threshold=0.3, ks=[0, 1, 2, 5], seeds=2, steps=3, batch_size=4)
-    summary = run_tree_stats(model, tok, texts, out_dir=tmp_path, settings={"model": "tiny"}, **options)
+    options = dict(threshold=0.3, ks=[0, 1, 2, 5], seeds=2, steps=3, batch_size=2)
+    summary = run_tree_stats(model, tok, texts, runs_dir=tmp_path, settings={"model": "tiny"}, **options)
     assert summary["examples"] == len(texts)
     # trees recomputed directly agree with the summary
     trees = [attattr.attribute(model, tok, t, steps=3).tree(0.3) for t in texts]
@@ -175,8 +175,10 @@ def test_dataset_run_summary_and_resume(tiny, tmp_path, monkeypatch):
         assert c["mean_drop"][0] == pytest.approx(0.0, abs=1e-9)
         assert len(c["mean_relative_drop"]) == 4
     assert max(abs(x) for c in curves["methods"].values() for x in c["mean_drop"]) > 1e-3  # F moves
-    records = [json.loads(x) for x in (tmp_path / tree_stats.RUN_FILE).read_text().splitlines()[1:]]
-    assert [r["id"] for r in records] == [str(i) for i in range(len(texts))]
+    (run_file,) = tmp_path.glob("tree-stats-*.jsonl")
+    header, *lines = run_file.read_text().splitlines()
+    assert json.loads(header)["kind"] == "tree.stats"
+    assert sorted(json.loads(x)["id"] for x in lines) == [str(i) for i in range(len(texts))]
 
     # resuming does no new work and gives the same summary
     calls = []
@@ -189,22 +191,21 @@ def test_dataset_run_summary_and_resume(tiny, tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(engine, "attribute_many", counting)
-    again = run_tree_stats(model, tok, texts, out_dir=tmp_path, settings={"model": "tiny"}, **options)
+    again = run_tree_stats(model, tok, texts, runs_dir=tmp_path, settings={"model": "tiny"}, **options)
     assert calls == [] and again == summary
-    # an interrupted run: drop the last two records, resume computes only those
-    lines = (tmp_path / tree_stats.RUN_FILE).read_text().splitlines()
-    (tmp_path / tree_stats.RUN_FILE).write_text("\n".join(lines[:-2]) + "\n")
-    resumed = run_tree_stats(model, tok, texts, out_dir=tmp_path, settings={"model": "tiny"}, **options)
-    assert calls == [2] and resumed["sizes"] == summary["sizes"]
-    with pytest.raises(ResultFileError, match="other settings"):
+    # an interrupted run: drop the last shard's two records, resume computes only that shard
+    run_file.write_text("\n".join([header, *lines[:-2]]) + "\n")
+    resumed = run_tree_stats(model, tok, texts, runs_dir=tmp_path, settings={"model": "tiny"}, **options)
+    assert calls == [2] and resumed == summary
+    # other settings: another run file in the same folder, or refused for a named file
+    other = run_tree_stats(
+        model, tok, texts[:2], runs_dir=tmp_path, settings={"model": "tiny"}, **{**options, "threshold": 0.5}
+    )
+    assert other["examples"] == 2 and len(list(tmp_path.glob("tree-stats-*.jsonl"))) == 2
+    with pytest.raises(ResultFileError, match=r"other settings \(threshold\)"):
         run_tree_stats(
-            model, tok, texts, out_dir=tmp_path, settings={"model": "tiny"}, **{**options, "threshold": 0.5}
+            model, tok, texts, store=run_file, settings={"model": "tiny"}, **{**options, "threshold": 0.5}
         )
-
-    written = tree_stats.write_outputs(summary, tmp_path / "out", title="tiny")
-    names = {p.name for p in written}
-    assert {"tree_stats.json", "faithfulness.png", "receptive_field.svg", "tree_size_depth.png"} <= names
-    assert json.loads((tmp_path / "out" / "tree_stats.json").read_text())["sizes"] == summary["sizes"]
 
 
 def test_bad_settings_are_input_errors(tiny):
@@ -215,3 +216,7 @@ def test_bad_settings_are_input_errors(tiny):
         run_tree_stats(model, tok, TEXTS, ks=[-1, 2])
     with pytest.raises(InputError, match="no examples"):
         run_tree_stats(model, tok, [])
+    with pytest.raises(InputError, match="parent_choice"):
+        run_tree_stats(model, tok, TEXTS, parent_choice="lowest")
+    with pytest.raises(InputError, match="batch size"):
+        run_tree_stats(model, tok, TEXTS, batch_size=0)

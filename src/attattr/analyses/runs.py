@@ -491,6 +491,19 @@ class RunStore(MemoryStore):
             self.records[str(record["id"])] = record
 
 
+def check_output_folder(folder: str | os.PathLike, what: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that is a file or that cannot be written (InputError)."""
+    path = Path(folder).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what} {folder} is a file, not a folder")
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {folder}: cannot write in {probe}")
+    return path
+
+
 def run_file(folder: str | os.PathLike, name: str, job: Job) -> Path:
     """`folder/<name>-<hash of the job's settings>.jsonl`: runs with other settings get other files."""
     return Path(folder) / f"{name}-{job.key()}.jsonl"

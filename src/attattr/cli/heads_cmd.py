@@ -97,21 +97,9 @@ def _check_count(name: str, value: int) -> None:
 
 
 def _check_out(out: Path) -> None:
-    """The output folder must be a folder we can write into: refused before any work."""
-    path = out.expanduser()
-    if path.exists() and not path.is_dir():
-        raise InputError(f"--out {out} is a file, not a folder")
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not _writable(probe):
-        raise InputError(f"--out {out}: cannot write in {probe}")
+    from ..analyses.runs import check_output_folder
 
-
-def _writable(folder: Path) -> bool:
-    import os
-
-    return os.access(folder, os.W_OK | os.X_OK)
+    check_output_folder(out)
 
 
 def _load_model(name: str, quiet: bool):

@@ -280,29 +280,53 @@ def tree_stats_cmd(
     pair_column: Annotated[
         str | None, typer.Option("--pair-column", help="Second-text column (sentence pairs).")
     ] = None,
+    label_column: Annotated[
+        str, typer.Option("--label-column", help="Gold-label column of a data file (optional).")
+    ] = "label",
+    fresh: Annotated[
+        bool,
+        typer.Option("--fresh", help="Start over instead of resuming an identical earlier run."),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Tree analyses over a dataset split: size and depth distributions, receptive field per layer,
     and edge faithfulness (zeroing the top-k connections by attribution, by attention, at random).
 
-    Resumable: the per-example results go to OUT/tree_stats.jsonl as they finish.
+    Resumable: the per-example results go to OUT/runs/tree-stats-<settings hash>.jsonl as they
+    finish (--fresh: start over).
 
     Example:  attattr tree stats --model minilm-rt --data rotten-tomatoes --split dev --examples 200 --out stats/
     """
     from .. import data as data_module
-    from ..analyses.tree.build import check_threshold
-    from ..analyses.tree.stats import run_tree_stats, write_outputs
+    from ..analyses.runs import check_output_folder
+    from ..analyses.tree.stats import check_tree_stats_options, run_tree_stats
+    from ..methods.attribution import check_integration
 
-    threshold = check_threshold(threshold)
     k_values = _ks(ks)
     if examples < 1:
         raise InputError(f"--examples must be at least 1, got {examples}")
     if seeds < 1:
         raise InputError(f"--seeds must be at least 1, got {seeds}")
+    rankings = [m.strip() for m in methods.split(",") if m.strip()]
+    threshold, k_values = check_tree_stats_options(
+        threshold=threshold,
+        ks=k_values,
+        seeds=seeds,
+        methods=rankings,
+        parent_choice=parent_choice,
+        batch_size=batch_size,
+    )
+    check_integration(steps, rule, None)
+    check_output_folder(out)
     loaded = _load_model(model)
     data_name = _default_data(loaded, data)
     dataset = data_module.load_dataset(
-        data_name, split, text_column=text_column, pair_column=pair_column, limit=examples
+        data_name,
+        split,
+        text_column=text_column,
+        pair_column=pair_column,
+        label_column=label_column,
+        limit=examples,
     )
     items = list(dataset)[:examples]
     settings = {"model": loaded.model_id, "data": data_name, "split": split}
@@ -315,9 +339,10 @@ def tree_stats_cmd(
             ks=k_values,
             seeds=seeds,
             faithfulness=faithfulness,
-            methods=[m.strip() for m in methods.split(",") if m.strip()],
+            methods=rankings,
             parent_choice=parent_choice,
-            out_dir=out,
+            runs_dir=out / "runs",
+            fresh=fresh,
             settings=settings,
             batch_size=batch_size,
             on_example=advance,
@@ -327,13 +352,35 @@ def tree_stats_cmd(
             label_names=loaded.label_names,
         )
     title = f"{loaded.model_id} · {data_name} {split} · {summary['examples']} examples"
-    written = write_outputs(summary, out, title=title)
+    written = _write_stats_outputs(summary, out, title=title)
     written.append(write_dataset_report(out, f"attribution trees: {title}", written))
     if json_out:
         print_json({**summary, "files": [str(p) for p in written]})
         return
     _print_summary(summary, title)
     console.print(f"wrote {', '.join(str(p) for p in written)}", markup=False)
+
+
+def _write_stats_outputs(summary: dict[str, Any], out: Path, *, title: str = "") -> list[Path]:
+    """tree_stats.json and the figures (size/depth histograms, receptive field, faithfulness)."""
+    from ..core.files import write_json
+    from ..render.plots.style import save_figure
+    from ..render.plots.tree import plot_faithfulness, plot_receptive_field, plot_size_depth
+
+    written = [write_json(out / "tree_stats.json", summary)]
+    suffix = f" — {title}" if title else ""
+    fig = plot_size_depth(summary["sizes"], summary["depths"], title=f"attribution trees{suffix}")
+    written += save_figure(fig, out / "tree_size_depth")
+    fig = plot_receptive_field(
+        summary["receptive_field"],
+        title=f"receptive field of tree edges{suffix}",
+        reference=summary.get("random_pair_distance"),
+    )
+    written += save_figure(fig, out / "receptive_field")
+    if "faithfulness" in summary:
+        fig = plot_faithfulness(summary["faithfulness"], title=f"edge faithfulness{suffix}")
+        written += save_figure(fig, out / "faithfulness")
+    return written
 
 
 def _print_summary(summary: dict[str, Any], title: str) -> None:

@@ -9,16 +9,19 @@
 A zeroed connection is multiplied by 0 without renormalising its row, the same convention as head
 pruning: the query token simply stops receiving that key's value through that head.
 
-Per-example results go to a `RunStore` (one JSON line each) so that an interrupted run resumes.
+A dataset run goes through the dataset runner (`attattr.analyses.runs`, job kind "tree.stats"):
+one record per example (its tree edges, sizes and faithfulness curves, no tensors), appended to the
+run file as soon as its shard finishes, so that an interrupted run resumes; `summarise` merges the
+records into the summary.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,15 +31,29 @@ from ...core.errors import InputError
 from ...core.hooks import AttentionHook, ConnectionGate
 from ...core.objectives import class_values
 from ...core.result import Attribution
-from ..runs import RunStore
-from .build import AttributionTree, build_tree, check_threshold
+from ..runs import (
+    Executor,
+    Job,
+    MemoryStore,
+    RunExample,
+    as_examples,
+    open_store,
+    register_shard_function,
+    run,
+)
+from .build import PARENT_CHOICES, AttributionTree, build_tree, check_threshold
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_KS = (0, 1, 2, 5, 10, 20, 50)
 # "-nonroot": the same ranking restricted to connections outside the root's query row, i.e. to the
 # connections attribution trees are built from (the root row holds most of the top attributions)
 METHODS = ("attribution", "attention", "random", "attribution-nonroot", "attention-nonroot")
-RUN_FILE = "tree_stats.jsonl"
-SUMMARY_FILE = "tree_stats.json"
+KIND = "tree.stats"
+RUN_NAME = "tree-stats"  # run files: <runs_dir>/tree-stats-<hash of the settings>.jsonl
+# attribution options that change how the work runs, not the numbers: left out of the run's header
+RUNTIME_OPTIONS = ("memory_budget",)
 # gate tensors per pass stay under this many bytes ([rows, heads, n, n] float32 per layer)
 GATE_BYTES = 256 * 2**20
 
@@ -179,9 +196,61 @@ def example_record(attr: Attribution, tree: AttributionTree, faith: dict[str, An
     }
 
 
+def check_tree_stats_options(
+    *,
+    threshold: float = 0.4,
+    ks: Sequence[int] = DEFAULT_KS,
+    seeds: int = 3,
+    methods: Sequence[str] = METHODS,
+    parent_choice: str = "strongest",
+    batch_size: int = 8,
+) -> tuple[float, list[int]]:
+    """Refuse bad settings before any work (InputError); returns the threshold and the k values."""
+    threshold = check_threshold(threshold)
+    ks = _check_ks(ks)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise InputError(f"seeds must be a positive integer, got {seeds!r}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise InputError(
+            f"unknown connection ranking {unknown or methods!r}; choose from {', '.join(METHODS)}"
+        )
+    if parent_choice not in PARENT_CHOICES:
+        raise InputError(f"parent_choice must be one of {', '.join(PARENT_CHOICES)}, got {parent_choice!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    return threshold, ks
+
+
+@register_shard_function(KIND)
+def tree_stats_shard(model, tokenizer, examples: Sequence[RunExample], job: Job) -> list[dict[str, Any]]:
+    """Per example of the shard: its attribution (one engine call for the shard), its tree and,
+    when asked, its faithfulness curves; kept as `example_record`s."""
+    from ...core import engine  # looked up at call time (tests count the engine's calls)
+
+    s = job.settings
+    options = {**s["attribution"], **{k: v for k, v in job.options.items() if v is not None}}
+    records = []
+    for attr in engine.attribute_many(model, tokenizer, examples, batch_size=len(examples), **options):
+        tree = build_tree(attr, s["threshold"], parent_choice=s["parent_choice"])
+        faith = None
+        if s["faithfulness"]:
+            faith = connection_faithfulness(
+                model,
+                tokenizer,
+                attr,
+                ks=s["ks"],
+                seeds=s["seeds"],
+                methods=s["methods"],
+                salt=str(attr.example_id),
+            )
+        records.append(example_record(attr, tree, faith))
+    return records
+
+
 def run_tree_stats(
-    model,
-    tokenizer,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     examples: Iterable,
     *,
     threshold: float = 0.4,
@@ -190,35 +259,33 @@ def run_tree_stats(
     faithfulness: bool = True,
     methods: Sequence[str] = METHODS,
     parent_choice: str = "strongest",
-    out_dir: str | Path | None = None,
+    store: MemoryStore | str | os.PathLike | None = None,
+    runs_dir: str | os.PathLike | None = None,
+    fresh: bool = False,
     settings: dict[str, Any] | None = None,
     batch_size: int = 8,
     on_example: Callable[[int], None] | None = None,
-    **attr_options,
+    executor: Executor | None = None,
+    model_source: str | None = None,
+    **attr_options: Any,
 ) -> dict[str, Any]:
     """Trees (and faithfulness curves) for every example; returns the summary (see `summarise`).
 
-    examples: `attattr.data.Example`s (their ids key the run file) or strings.
-    out_dir: where the run file goes (resumed when present with the same settings); None: memory.
-    settings: extra settings recorded in the run file (model and data names, ...).
+    examples: `attattr.data.Example`s (their ids key the run file), texts or tuples.
+    store / runs_dir / fresh: a store or a run-file path; or a folder where the run file is named by
+        the settings (`tree-stats-<hash>.jsonl`); fresh=True starts over. None of them: in memory.
+    settings: extra settings recorded with the run (model and data names, ...).
+    executor, model_source: where shards run (default: in this process).
     attr_options: passed to `attattr.attribute_many` (target, output, steps, rule, dtype, ...)."""
-    from ...core.engine import attribute_many
-
-    threshold = check_threshold(threshold)
-    ks = _check_ks(ks)
-    if not isinstance(seeds, int) or seeds < 1:
-        raise InputError(f"seeds must be a positive integer, got {seeds!r}")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise InputError(
-            f"unknown connection ranking {unknown or methods!r}; choose from {', '.join(METHODS)}"
-        )
-    items = [_as_example(x, i) for i, x in enumerate(examples)]
-    if not items:
-        raise InputError("no examples to analyse")
-    ids = [it.id for it in items]
-    if len(set(ids)) != len(ids):
-        raise InputError("example ids must be unique")
+    threshold, ks = check_tree_stats_options(
+        threshold=threshold,
+        ks=ks,
+        seeds=seeds,
+        methods=methods,
+        parent_choice=parent_choice,
+        batch_size=batch_size,
+    )
+    items = as_examples(examples, need_labels=attr_options.get("target") == "gold")
     run_settings = {
         "threshold": threshold,
         "ks": ks,
@@ -229,24 +296,34 @@ def run_tree_stats(
         **{k: _plain_setting(v) for k, v in attr_options.items()},
         **(settings or {}),
     }
-    store = RunStore(Path(out_dir) / RUN_FILE, run_settings) if out_dir is not None else _MemoryStore()
-    pending = [it for it in items if not store.done(it.id)]
-    if on_example is not None and len(pending) < len(items):
-        on_example(len(items) - len(pending))
-    if pending:
-        for attr in attribute_many(model, tokenizer, pending, batch_size=batch_size, **attr_options):
-            tree = build_tree(attr, threshold, parent_choice=parent_choice)
-            faith = (
-                connection_faithfulness(
-                    model, tokenizer, attr, ks=ks, seeds=seeds, methods=methods, salt=str(attr.example_id)
-                )
-                if faithfulness
-                else None
-            )
-            store.append(example_record(attr, tree, faith))
-            if on_example is not None:
-                on_example(1)
-    records = store.ordered(ids)
+    attribution = {k: _plain_setting(v) for k, v in attr_options.items() if k not in RUNTIME_OPTIONS}
+    job = Job(
+        KIND,
+        {
+            **{k: v for k, v in run_settings.items() if k not in attr_options},
+            "attribution": attribution,
+            "examples": [x.id for x in items],
+            "batch_size": batch_size,
+        },
+        {k: attr_options[k] for k in RUNTIME_OPTIONS if k in attr_options},
+    )
+    if isinstance(store, MemoryStore):
+        run_store = store
+    elif store is not None:
+        run_store = open_store(job, path=store, fresh=fresh)
+    else:
+        run_store = open_store(job, folder=runs_dir, name=RUN_NAME, fresh=fresh)
+    records = run(
+        job,
+        items,
+        model=model,
+        tokenizer=tokenizer,
+        store=run_store,
+        executor=executor,
+        batch_size=batch_size,
+        progress=on_example,
+        model_source=model_source,
+    )
     num_layers = _num_layers(model, attr_options.get("layers"))
     summary = summarise(records, layers=num_layers, output=attr_options.get("output", "prob"))
     summary["settings"] = run_settings
@@ -266,43 +343,6 @@ def _num_layers(model, layers) -> list[int]:
     from ...core.hooks import model_num_layers
 
     return sorted(layers) if layers else list(range(model_num_layers(model)))
-
-
-class _MemoryStore:
-    def __init__(self):
-        self.records: dict[str, dict] = {}
-
-    def done(self, example_id: str) -> bool:
-        return str(example_id) in self.records
-
-    def append(self, record: dict) -> None:
-        import json
-
-        self.records[str(record["id"])] = json.loads(json.dumps(record))
-
-    def ordered(self, ids):
-        return [self.records[str(i)] for i in ids if str(i) in self.records]
-
-
-class _Ex:
-    def __init__(self, id: str, text: str, text_pair: str | None, label: int | None):
-        self.id, self.text, self.text_pair, self.label = id, text, text_pair, label
-
-
-def _as_example(x, index: int) -> _Ex:
-    if isinstance(x, str):
-        return _Ex(str(index), x, None, None)
-    if isinstance(x, tuple):
-        return _Ex(str(index), x[0], x[1] if len(x) > 1 else None, x[2] if len(x) > 2 else None)
-    if hasattr(x, "text"):
-        ex_id = getattr(x, "id", None)
-        return _Ex(
-            str(ex_id if ex_id is not None else index),
-            x.text,
-            getattr(x, "text_pair", None),
-            getattr(x, "label", None),
-        )
-    raise InputError(f"example {index}: expected a text or an Example, got {type(x).__name__}")
 
 
 # ---- summaries ----------------------------------------------------------------------------------------
@@ -394,29 +434,3 @@ def _faithfulness_curves(faith: Sequence[dict[str, Any]], *, relative: bool) -> 
         curves["methods"][method] = entry
     curves["mean_f0"] = float(f0.mean())
     return curves
-
-
-def write_outputs(summary: dict[str, Any], out_dir: str | Path, *, title: str = "") -> list[Path]:
-    """tree_stats.json and the figures (size/depth histograms, receptive field, faithfulness)."""
-    import json
-
-    from ...render.plots.style import save_figure
-    from ...render.plots.tree import plot_faithfulness, plot_receptive_field, plot_size_depth
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / SUMMARY_FILE]
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
-    suffix = f" — {title}" if title else ""
-    fig = plot_size_depth(summary["sizes"], summary["depths"], title=f"attribution trees{suffix}")
-    written += save_figure(fig, out / "tree_size_depth")
-    fig = plot_receptive_field(
-        summary["receptive_field"],
-        title=f"receptive field of tree edges{suffix}",
-        reference=summary.get("random_pair_distance"),
-    )
-    written += save_figure(fig, out / "receptive_field")
-    if "faithfulness" in summary:
-        fig = plot_faithfulness(summary["faithfulness"], title=f"edge faithfulness{suffix}")
-        written += save_figure(fig, out / "faithfulness")
-    return written
