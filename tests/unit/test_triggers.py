@@ -670,18 +670,20 @@ def test_cli_attack_checks_labels_against_the_model(cli_setup, tok, tmp_path, ru
         ("--batch-size", 0, "error: --batch-size must be >= 1, got 0"),
         ("--seeds", 0, "error: --seeds must be >= 1, got 0"),
         ("--top", 0, "error: --top must be >= 1, got 0"),
+        ("--out", "{patterns}", "error: --out {patterns} is a file, not a folder"),
     ],
 )
 def test_cli_attack_bad_options_before_any_work(cli_setup, tmp_path, run_cli, option, value, message):
     _, patterns, _ = cli_setup
     # the model does not exist: the option is refused before anything is loaded or written
     out = tmp_path / "attack"
+    value, message = str(value).format(patterns=patterns), message.format(patterns=patterns)
     code, _, err = run_cli(
-        "triggers", "attack", "--model", tmp_path / "no-model", "--patterns", patterns, option, value,
-        "--out", out,
+        "triggers", "attack", "--model", tmp_path / "no-model", "--patterns", patterns, "--out", out,
+        option, value,
     )  # fmt: skip
     assert code == 2 and _one_line(err) == message
-    assert not out.exists()
+    assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -728,8 +730,9 @@ def test_cli_mine_bad_options_write_nothing(tmp_path, run_cli):
         (("--batch-size", 0), "--batch-size must be >= 1, got 0"),
         (("--order", "last"), "--order must be one of random, first, got 'last'"),
         (("--examples", 0), "--examples must be >= 1, got 0"),
+        (("--out", tmp_path), f"--out {tmp_path} is a folder; give the patterns file to write"),
     ]:
-        code, _, err = run_cli("triggers", "mine", "--model", tmp_path / "no-model", *args, "--out", out)
+        code, _, err = run_cli("triggers", "mine", "--model", tmp_path / "no-model", "--out", out, *args)
         assert code == 2 and _one_line(err).startswith(f"error: {message}"), err
     assert list(tmp_path.iterdir()) == []
 

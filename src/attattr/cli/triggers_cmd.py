@@ -91,6 +91,7 @@ def mine(
     the built-in splits keep their source order, positives before negatives). The run resumes from
     `<out>.run.jsonl` when interrupted (same settings only).
     """
+    from ..analyses.runs import check_output_folder
     from ..analyses.triggers import ORDERS, mine_patterns, write_patterns
     from ..core.quadrature import RULES
 
@@ -105,6 +106,7 @@ def mine(
         raise InputError(f"unknown integration rule {rule!r}; choose one of: {', '.join(RULES)}")
     if out.is_dir():
         raise InputError(f"--out {out} is a folder; give the patterns file to write")
+    check_output_folder(out.parent, what="the folder of --out")
     loaded, dataset = _load(
         model, data, split, pair_column, quiet=json_out, first=examples if order == "first" else None
     )
@@ -181,6 +183,7 @@ def attack_cmd(
     Example:  attattr triggers attack --model minilm-rt --patterns patterns.jsonl
     --data rotten-tomatoes --split dev --top 3 --out attack/
     """
+    from ..analyses.runs import check_output_folder
     from ..analyses.triggers import (
         attack,
         attack_evaluations,
@@ -195,8 +198,7 @@ def attack_cmd(
     _at_least("--seeds", seeds, 1)
     _at_least("--limit", limit, 1)
     _at_least("--batch-size", batch_size, 1)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file, not a folder")
+    check_output_folder(out)
     if not patterns.is_file():
         raise InputError(f"patterns file not found: {patterns}")
     loaded, dataset = _load(model, data, split, pair_column, quiet=json_out)
