@@ -352,3 +352,21 @@ def test_a_failing_shard_stops_or_lets_the_others_finish(tmp_path):
     records = _records(path)
     assert len(records) == len(TEXTS) - len(next(s for s in CALLS if "e1" in s)) > stopped
     assert "e1" not in {r["id"] for r in records}
+
+
+def test_a_fresh_process_finds_the_analyses_shard_functions_by_kind():
+    """A worker that only received a job imports the analysis that registered its kind."""
+    import subprocess
+    import sys
+
+    code = (
+        "from attattr.analyses import runs\n"
+        "for kind in ('heads.importance', 'heads.effectiveness', 'tree.stats'):\n"
+        "    print(kind, runs.shard_function(kind).__module__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:3] == [
+        "heads.importance attattr.analyses.heads.importance",
+        "heads.effectiveness attattr.analyses.heads.effectiveness",
+        "tree.stats attattr.analyses.tree.stats",
+    ]

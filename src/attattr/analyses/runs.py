@@ -183,6 +183,13 @@ class Shard:
         return [x.id for x in self.examples]
 
 
+def check_count(value: Any, name: str) -> int:
+    """`value` if it is an integer >= 1 (not a bool), else InputError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
 def plan(
     examples: Sequence[RunExample],
     tokenizer: PreTrainedTokenizerBase,
@@ -193,8 +200,7 @@ def plan(
     """Shards of at most `batch_size` examples of similar length (fewer where padding would waste
     work: `attattr.core.engine.length_batches`). Deterministic: the same examples, tokenizer and
     batch size give the same shards, numbered in order of length."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    check_count(batch_size, "batch size")
     items = list(examples)
     lengths = [min(token_count(tokenizer, x.text, x.text_pair), max_length) for x in items]
     order = sorted(range(len(items)), key=lambda i: lengths[i])  # stable: ties keep dataset order

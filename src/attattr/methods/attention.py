@@ -9,7 +9,7 @@ import torch
 
 from ..core.encoding import model_inputs
 from ..core.hooks import AttentionHook
-from .base import Example, Method, Record, encode_examples, per_example_tables, register_method, table
+from .base import Example, Method, Record, encode_examples, mean_importance, register_method, table
 from .importance import Importance
 
 
@@ -32,9 +32,7 @@ def attention_records(
 def _merge(
     records: Sequence[Record], *, num_layers: int, num_heads: int, settings: dict[str, Any]
 ) -> Importance:
-    per_example = per_example_tables(records, "attention")
-    ids = [r["id"] for r in records]
-    return Importance(per_example.mean(dim=0), "attention", ids, settings, per_example=per_example)
+    return mean_importance(records, "attention", "attention", settings)
 
 
 register_method(

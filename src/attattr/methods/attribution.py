@@ -11,7 +11,7 @@ from ..core.engine import attribute_many, resolve_dtype
 from ..core.errors import InputError
 from ..core.quadrature import RULES
 from ..core.quadrature import rule as quadrature_rule
-from .base import Example, Method, Record, per_example_tables, register_method, table
+from .base import Example, Method, Record, mean_importance, register_method, table
 from .importance import Importance
 
 if TYPE_CHECKING:
@@ -83,9 +83,7 @@ def _records(model, tokenizer, examples: Sequence[Example], settings: Mapping[st
 def _merge(
     records: Sequence[Record], *, num_layers: int, num_heads: int, settings: dict[str, Any]
 ) -> Importance:
-    per_example = per_example_tables(records, "attattr")  # [examples, layers, heads]
-    ids = [r["id"] for r in records]
-    return Importance(per_example.mean(dim=0), "attattr", ids, settings, per_example=per_example)
+    return mean_importance(records, "attattr", "attattr", settings)
 
 
 register_method(

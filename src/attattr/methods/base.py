@@ -109,3 +109,12 @@ def table(values: torch.Tensor) -> list[list[float]]:
 def per_example_tables(records: Sequence[Record], key: str) -> torch.Tensor:
     """`[examples, layers, heads]` float64 from the records' `key` tables."""
     return torch.tensor([r[key] for r in records], dtype=torch.float64)
+
+
+def mean_importance(records: Sequence[Record], key: str, method: str, settings: dict[str, Any]) -> Importance:
+    """The mean over examples of the records' `key` tables, with the per-example tables kept."""
+    from .importance import Importance
+
+    per_example = per_example_tables(records, key)  # [examples, layers, heads]
+    ids = [r["id"] for r in records]
+    return Importance(per_example.mean(dim=0), method, ids, settings, per_example=per_example)

@@ -13,13 +13,12 @@ import numpy as np
 import torch
 
 from ...core.encoding import predict
-from ...core.errors import InputError
 from ...core.hooks import model_num_heads, model_num_layers
 from ...methods.attribution import attribution_records, check_integration
 from ...methods.base import pairs_or_none
 from ...methods.gates import mask_key, per_example_gates
-from ..runs import Executor, Job, RunExample, as_examples, register_shard_function, run
-from .importance import ProgressFn, StoreArg, check_batch_size, store_for
+from ..runs import Executor, Job, RunExample, as_examples, check_count, register_shard_function, run
+from .importance import ProgressFn, StoreArg, store_for
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -30,8 +29,7 @@ CURVES = ("attattr-smallest", "attattr-largest", "attention-smallest", "attentio
 
 def prune_counts(total: int, step: int) -> list[int]:
     """0, step, 2*step, ... and always `total` itself."""
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        raise InputError(f"step must be an integer >= 1, got {step!r}")
+    check_count(step, "step")
     counts = list(range(0, total + 1, step))
     if counts[-1] != total:
         counts.append(total)
@@ -129,8 +127,8 @@ def effectiveness(
     "examples": N, "example_ids": [...], "settings": {...}, "summary": {...}}.
     store / runs_dir / fresh: as for `head_importance` (file `effectiveness-<hash>.jsonl`)."""
     check_integration(steps, rule, dtype)
-    check_batch_size(batch_size)
-    check_batch_size(eval_batch_size, "evaluation batch size")
+    check_count(batch_size, "batch size")
+    check_count(eval_batch_size, "evaluation batch size")
     num_layers, num_heads = model_num_layers(model), model_num_heads(model)
     counts = prune_counts(num_layers * num_heads, step)
     items = as_examples(examples, need_labels=True, num_labels=model.config.num_labels)

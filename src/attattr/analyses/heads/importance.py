@@ -23,6 +23,7 @@ from ..runs import (
     MemoryStore,
     RunExample,
     as_examples,
+    check_count,
     open_store,
     register_shard_function,
     run,
@@ -51,12 +52,6 @@ def select_examples(examples: Sequence, count: int | None, *, seed: int | None =
     return [items[i] for i in chosen]
 
 
-def check_batch_size(value: Any, name: str = "batch size") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
-
-
 def check_importance_options(
     method: str,
     *,
@@ -70,8 +65,8 @@ def check_importance_options(
     m = get_method(method)
     if m.integration:
         check_integration(steps, rule, dtype)
-    check_batch_size(batch_size)
-    check_batch_size(eval_batch_size, "evaluation batch size")
+    check_count(batch_size, "batch size")
+    check_count(eval_batch_size, "evaluation batch size")
 
 
 def importance_job(

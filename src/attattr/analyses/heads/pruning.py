@@ -19,11 +19,10 @@ from ...core.errors import InputError
 from ...core.hooks import model_num_heads, model_num_layers
 from ...methods import Importance, get_method
 from ...methods.gates import mask_key
-from ..runs import Job, as_examples
+from ..runs import Job, as_examples, check_count
 from .importance import (
     ProgressFn,
     StoreArg,
-    check_batch_size,
     check_importance_options,
     head_importance,
     store_for,
@@ -61,7 +60,7 @@ def pruning_curves(
     Returns {"fractions", "counts", "methods": {method: {"accuracy", "probability"[, "accuracy_std",
     "seeds"]}}, "full_accuracy", ...}.
     """
-    check_batch_size(eval_batch_size, "evaluation batch size")
+    check_count(eval_batch_size, "evaluation batch size")
     items = as_examples(eval_examples, need_labels=True, num_labels=model.config.num_labels)
     num_layers, num_heads = model_num_layers(model), model_num_heads(model)
     total = num_layers * num_heads
@@ -159,8 +158,7 @@ def check_pruning_options(methods: Sequence[str], *, seeds: int, **importance_op
         raise InputError("no importance method given")
     for method in methods:
         check_importance_options(method, **importance_options)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise InputError(f"the number of random seeds must be >= 1, got {seeds!r}")
+    check_count(seeds, "the number of random seeds")
 
 
 def prune_experiment(

@@ -37,6 +37,7 @@ from ..runs import (
     MemoryStore,
     RunExample,
     as_examples,
+    check_count,
     open_store,
     register_shard_function,
     run,
@@ -208,8 +209,7 @@ def check_tree_stats_options(
     """Refuse bad settings before any work (InputError); returns the threshold and the k values."""
     threshold = check_threshold(threshold)
     ks = _check_ks(ks)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise InputError(f"seeds must be a positive integer, got {seeds!r}")
+    check_count(seeds, "seeds")
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise InputError(
@@ -217,8 +217,7 @@ def check_tree_stats_options(
         )
     if parent_choice not in PARENT_CHOICES:
         raise InputError(f"parent_choice must be one of {', '.join(PARENT_CHOICES)}, got {parent_choice!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    check_count(batch_size, "batch size")
     return threshold, ks
 
 
