@@ -1,4 +1,4 @@
-"""The attribution computation (SPEC §1): integrated gradients over each layer's attention.
+"""The attribution computation (docs/method.md §1): integrated gradients over each layer's attention.
 
 For target layer l the attention probabilities A^l are replaced by alpha * A^l. The gradient of the
 output F with respect to that scaled matrix, integrated over alpha and multiplied by A^l, is the
@@ -24,12 +24,11 @@ from ..version import __version__
 from .encoding import encode_batch, model_inputs, model_max_length, token_count
 from .errors import InputError, ModelError
 from .hooks import AttentionHook, Record, Scale, check_supported, model_num_heads, model_num_layers
-from .objectives import OBJECTIVES, Objective, make_objective
+from .objectives import Objective, make_objective
 from .quadrature import DEFAULT_RULE, DEFAULT_STEPS, RULES
 from .quadrature import rule as quadrature_rule
 from .result import Attribution
 
-OUTPUTS = tuple(OBJECTIVES)  # the registered objectives F (see objectives.py)
 # steps="auto": the fewest Gauss-Legendre nodes whose integration error is at most that of the
 # paper's 20-step right Riemann sum, measured by `make bench` (see benchmarks/README.md): on minilm-rt
 # over RT dev sentences, 3 nodes gave a mean relative error of 1.8e-2 against 5.1e-2 for the paper's
@@ -90,7 +89,8 @@ def attribute_many(
     examples: `attattr.data.Example`-like objects (id, text, text_pair, label), strings, or
         (text, text_pair) tuples.
     target: "predicted" (default), "gold" (each example's label), or a class index.
-    output: F is the target's "prob" (default, as the paper), "logit" or "logprob".
+    output: the objective F, by registered name (`attattr.core.objectives.OBJECTIVES`): the target
+        class's "prob" (default, as the paper), "logit" or "logprob".
     rule, steps: the integration rule (`attattr.core.quadrature.RULES`) and its number of nodes;
         steps="auto" with Gauss-Legendre uses the benchmarked node count.
     layers: the layers to attribute (default all).

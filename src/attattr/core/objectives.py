@@ -1,4 +1,5 @@
-"""F, the scalar an attribution explains: named objectives, one value per row inside the model.
+"""F, the scalar an attribution explains (docs/method.md §1, §5): named objectives, one value per
+row inside the model.
 
 An attribution forks rows inside the model (scaled copies of each example from a target layer up),
 so an objective reads the outputs of every row and knows each row's origin example. Two pieces:
