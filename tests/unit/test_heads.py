@@ -667,3 +667,53 @@ def test_cli_runs_with_other_settings_coexist_and_rejected_commands_write_nothin
     blocker.write_text("x")
     code, _, err = _cli(monkeypatch, capsys, *base[:-2], "--out", blocker)
     assert code == 2 and "is a file" in err
+
+
+def test_cli_killed_mid_run_resumes_with_identical_numbers(tiny_files, tmp_path, monkeypatch, capsys):
+    """kill -9 of a real `attattr heads importance` process: the finished shards are in its run file,
+    and the resumed run ends with the numbers of an uninterrupted one."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    (model_a, _), _ = tiny_files
+    csv = tmp_path / "many.csv"
+    rows = [
+        f'"{t} {w}",{i % 2}' for i, (t, w) in enumerate((t, w) for w in ("again", "so", "too") for t in TEXTS)
+    ]
+    csv.write_text("text,label\n" + "\n".join(rows * 3) + "\n")  # 63 rows
+    args = ["heads", "importance", "--model", model_a, "--data", csv, "--examples", 60, "--first"]
+    args += ["--steps", 6, "--batch-size", 2]
+    out = tmp_path / "killed"
+    launcher = "import sys; from attattr.cli import main; sys.argv = ['attattr', *sys.argv[1:]]; main()"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", launcher, *map(str, args), "--out", str(out), "--json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 180
+    records = 0
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            files = list((out / "runs").glob("importance-attattr-*.jsonl")) if (out / "runs").exists() else []
+            records = len(files[0].read_text().splitlines()) - 1 if files else 0
+            if records >= 4:
+                proc.kill()  # SIGKILL: no cleanup of any kind
+                break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == -9 and 4 <= records < 60, (proc.returncode, records)
+    assert not (out / "importance-attattr.json").exists()
+    code, _, err = _cli(monkeypatch, capsys, *args, "--out", out, "--json")
+    assert code == 0, err
+    code, _, err = _cli(monkeypatch, capsys, *args, "--out", tmp_path / "whole", "--json")
+    assert code == 0, err
+    resumed = heads.Importance.load(out / "importance-attattr.json")
+    whole = heads.Importance.load(tmp_path / "whole" / "importance-attattr.json")
+    assert resumed.example_ids == whole.example_ids and len(whole.example_ids) == 60
+    assert torch.equal(resumed.per_example, whole.per_example) and torch.equal(resumed.scores, whole.scores)
