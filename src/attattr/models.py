@@ -16,7 +16,9 @@ import contextlib
 import importlib.util
 import json
 import os
+import pickle
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -327,13 +329,17 @@ def load(
     build: bool = True,
     quiet: bool = False,
     home: Path | None = None,
+    tokenizer: str | os.PathLike | None = None,
 ) -> LoadedModel:
     """Load a recipe (built first when missing and `build`), a local directory, or a hub id.
 
     Hub ids are looked up in the local Hugging Face cache only, unless the user set
     HF_HUB_OFFLINE themselves (e.g. HF_HUB_OFFLINE=0 where a hub is reachable).
+    tokenizer: the tokenizer to use instead of the model's own (a model directory, a built recipe
+    name or a cached hub id). Either way the tokenizer must fit the model (`_check_tokenizer`).
     """
     key = str(name_or_path)
+    tok = _tokenizer_source(tokenizer, home)
     if key in CONVERTED:
         converted = CONVERTED[key]
         if not is_built(key, home):
@@ -342,7 +348,7 @@ def load(
             from .convert import build_converted  # converts under the recipe's build lock
 
             build_converted(converted, home=home, progress=not quiet, announce=not quiet)
-        loaded = _load_directory(recipe_dir(key, home), model_id=key)
+        loaded = _load_directory(recipe_dir(key, home), model_id=key, tokenizer=tok)
         loaded.recipe = converted
         return loaded
     if key in RECIPES:
@@ -362,7 +368,7 @@ def load(
                     from .training import train_recipe
 
                     train_recipe(recipe, home=home, progress=not quiet)
-        loaded = _load_directory(directory, model_id=key)
+        loaded = _load_directory(directory, model_id=key, tokenizer=tok)
         loaded.recipe = recipe
         loaded.max_length = recipe.max_length
         _truncate_at(loaded.tokenizer, loaded.max_length)
@@ -373,12 +379,35 @@ def load(
             raise ModelError(
                 f"cannot load {key!r}: a model is a directory (config.json, weights, tokenizer), not a file"
             )
-        return _load_directory(path, model_id=str(path.resolve()))
+        return _load_directory(path, model_id=str(path.resolve()), tokenizer=tok)
     if key.startswith((".", "/", "~")) or key.count("/") > 1 or "\\" in key:
         raise ModelError(
             f"cannot load {key!r}: not a recipe ({', '.join([*RECIPES, *CONVERTED])}) and no such directory"
         )
-    return _load_hub(key)
+    return _load_hub(key, tokenizer=tok)
+
+
+def _tokenizer_source(name: str | os.PathLike | None, home: Path | None) -> str | None:
+    """What `--tokenizer` names, as a source for AutoTokenizer: a directory, a built recipe or a hub id."""
+    if name is None:
+        return None
+    key = str(name)
+    if key in RECIPES or key in CONVERTED:
+        if not is_built(key, home):
+            raise ModelError(
+                f"tokenizer {key!r}: recipe {key!r} is not built; build it with: attattr train {key}"
+            )
+        return str(recipe_dir(key, home))
+    path = Path(key).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(
+                f"tokenizer {key!r}: give the directory that holds the tokenizer files, not a file"
+            )
+        return str(path)
+    if key.startswith((".", "/", "~")) or key.count("/") > 1 or "\\" in key:
+        raise ModelError(f"tokenizer {key!r}: no such directory")
+    return key
 
 
 def _check_config(config: dict[str, Any], where: str) -> str:
@@ -403,7 +432,7 @@ def _check_config(config: dict[str, Any], where: str) -> str:
     )
 
 
-def _load_directory(directory: Path, *, model_id: str) -> LoadedModel:
+def _load_directory(directory: Path, *, model_id: str, tokenizer: str | None = None) -> LoadedModel:
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise ModelError(
@@ -413,6 +442,8 @@ def _load_directory(directory: Path, *, model_id: str) -> LoadedModel:
         config = json.loads(config_path.read_text())
     except ValueError as exc:
         raise ModelError(f"{config_path} is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{config_path} is not a model configuration (a JSON {type(config).__name__})")
     kind = _check_config(config, str(directory))
     if not _has_weights(directory):
         raise ModelError(
@@ -425,10 +456,11 @@ def _load_directory(directory: Path, *, model_id: str) -> LoadedModel:
         local_only=True,
         kind=kind,
         model_type=config.get("model_type"),
+        tokenizer_source=tokenizer,
     )
 
 
-def _load_hub(hub_id: str) -> LoadedModel:
+def _load_hub(hub_id: str, *, tokenizer: str | None = None) -> LoadedModel:
     # No hub here: only the local cache is consulted unless the user chose otherwise.
     local_only = "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ
     if not local_only:
@@ -447,7 +479,13 @@ def _load_hub(hub_id: str) -> LoadedModel:
         ) from None
     kind = _check_config(config.to_dict(), hub_id)
     return _from_pretrained(
-        hub_id, model_id=hub_id, path=None, local_only=local_only, kind=kind, model_type=config.model_type
+        hub_id,
+        model_id=hub_id,
+        path=None,
+        local_only=local_only,
+        kind=kind,
+        model_type=config.model_type,
+        tokenizer_source=tokenizer,
     )
 
 
@@ -472,6 +510,7 @@ def _from_pretrained(
     local_only: bool,
     kind: str = CLASSIFIER,
     model_type: str | None = None,
+    tokenizer_source: str | None = None,
 ) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -486,15 +525,31 @@ def _from_pretrained(
                 # decoders load with our attention function (eager maths), so attention
                 # probabilities exist outside an AttentionHook too (output_attentions=True)
                 options["attn_implementation"] = ATTENTION_NAME
-            model, info = auto.from_pretrained(
-                source, local_files_only=local_only, output_loading_info=True, **options
-            )
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise ModelError(f"cannot load the model in {source!r}: {_first_line(exc)}") from None
+            with warnings.catch_warnings():  # torch warns about a pickle before refusing it
+                warnings.simplefilter("ignore")
+                model, info = auto.from_pretrained(
+                    source, local_files_only=local_only, output_loading_info=True, **options
+                )
+        except pickle.UnpicklingError as exc:
+            if "weights only" not in str(exc).lower():  # a damaged pickle, not a refused one
+                raise ModelError(
+                    f"cannot load the model in {source!r}: corrupt weights ({_one_line(exc)})"
+                ) from None
+            raise ModelError(
+                f"cannot load the model in {source!r}: its pytorch_model.bin holds more than tensors, and "
+                "attattr never runs code from a pickle (refused; convert the weights to model.safetensors)"
+            ) from None
+        except _weight_errors() as exc:
+            raise ModelError(
+                f"cannot load the model in {source!r}: its weights or config are corrupt or truncated "
+                f"({_one_line(exc)})"
+            ) from None
+        tokenizer_from = tokenizer_source or source
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ModelError(f"cannot load the tokenizer of {source!r}: {_first_line(exc)}") from None
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_from, local_files_only=local_only)
+        except Exception as exc:  # OSError, ValueError, the tokenizers library's own errors: a bad file
+            raise ModelError(f"cannot load the tokenizer of {tokenizer_from!r}: {_first_line(exc)}") from None
+    _check_tokenizer(model, tokenizer, tokenizer_from, own=tokenizer_source is None)
     if kind == CAUSAL_LM:
         missing = [k for k in info.get("missing_keys", []) if k.startswith("lm_head")]
         if missing:
@@ -540,6 +595,49 @@ def _from_pretrained(
     )
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
+ORDINARY_TEXT = "the film was good and the plot is not bad but this movie is very dull"
+
+
+def _check_tokenizer(model, tokenizer, source: str, *, own: bool) -> None:
+    """Refuse a tokenizer that cannot be this model's: fewer tokens than the model's embedding rows
+    (beyond the padding up to a round size that embeddings often get), or one that turns ordinary
+    English words into unknown tokens. A model directory without tokenizer files otherwise loads a
+    stub tokenizer of a handful of tokens, and every word becomes [UNK]: wrong numbers, exit 0."""
+    where = f"the tokenizer of {source!r}" if own else f"the tokenizer {source!r}"
+    hint = (
+        "a model directory needs its own tokenizer files, or name one with --tokenizer"
+        if own
+        else "name the tokenizer the model was trained with"
+    )
+    if own and Path(source).is_dir() and not any((Path(source) / f).is_file() for f in TOKENIZER_FILES):
+        where += " (the directory has no tokenizer files)"
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = int(embeddings.weight.shape[0]) if embeddings is not None else None
+    size = len(tokenizer)
+    if rows is not None and size + max(64, rows // 64) < rows:
+        raise ModelError(
+            f"{where} has {size} tokens but the model's embeddings have {rows}: it is not this model's "
+            f"tokenizer; {hint}"
+        )
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None:
+        ids = tokenizer(ORDINARY_TEXT, add_special_tokens=False)["input_ids"]
+        unknown = sum(i == unk for i in ids)
+        if ids and unknown * 2 > len(ids):
+            raise ModelError(
+                f"{where} turns ordinary words into unknown tokens ({unknown} of {len(ids)} tokens of "
+                f"{ORDINARY_TEXT[:28]!r}... are {tokenizer.unk_token}): it is not this model's tokenizer; {hint}"
+            )
+
+
 def _pad_with_eos(model, tokenizer) -> None:
     """Decoders often ship without a padding token (GPT-2, Llama): pad with end-of-text, the usual
     choice, so prompts can be batched; a decoder classifier reads its class at the last non-padding
@@ -554,6 +652,30 @@ def _truncate_at(tokenizer, max_length: int) -> None:
     """Every command then cuts inputs where the model was trained to read, not at the encoder's limit."""
     if not tokenizer.model_max_length or tokenizer.model_max_length > max_length:
         tokenizer.model_max_length = max_length
+
+
+def _weight_errors() -> tuple[type[BaseException], ...]:
+    """What loading weights and config raises when a file is corrupt, truncated or of the wrong
+    types (safetensors' and huggingface_hub's errors derive from Exception only)."""
+    from huggingface_hub.errors import StrictDataclassError
+    from safetensors import SafetensorError
+
+    return (
+        OSError,
+        ValueError,
+        KeyError,
+        RuntimeError,
+        TypeError,
+        EOFError,
+        SafetensorError,
+        StrictDataclassError,
+    )
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """The whole message on one line (some loaders spread one reason over several lines)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _first_line(exc: BaseException) -> str:

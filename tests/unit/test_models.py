@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -241,3 +242,96 @@ def test_cli_train_keeps_a_built_recipe(run_cli, attattr_home):
     code, out, _ = run_cli("train", "minilm-bbc", "--json")
     result = json.loads(out)
     assert code == 0 and result["trained"] is False and result["manifest"]["dev_accuracy"] == 0.96
+
+
+# ---- a model directory must carry a tokenizer that fits it; broken files end in one ModelError ----
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def _strip_tokenizer(path: Path) -> Path:
+    for name in TOKENIZER_FILES:
+        (path / name).unlink(missing_ok=True)
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    return path
+
+
+def test_directory_without_tokenizer_files_is_refused(tmp_path, save_tiny_model):
+    # transformers builds a stub tokenizer of 5 specials from config.json alone: every word is [UNK]
+    path = _strip_tokenizer(save_tiny_model(tmp_path / "m"))
+    rows = build_tiny_tokenizer().vocab_size
+    with pytest.raises(ModelError) as info:
+        load(path)
+    message = str(info.value)
+    assert f"has 5 tokens but the model's embeddings have {rows}" in message
+    assert "no tokenizer files" in message and "--tokenizer" in message
+
+
+def test_a_named_tokenizer_stands_in_for_missing_files(tmp_path, save_tiny_model):
+    path = _strip_tokenizer(save_tiny_model(tmp_path / "m"))
+    own = save_tiny_model(tmp_path / "with-tokenizer")
+    loaded = load(path, tokenizer=own)
+    assert len(loaded.tokenizer) == build_tiny_tokenizer().vocab_size
+    assert loaded.tokenizer("the cat")["input_ids"] == build_tiny_tokenizer()("the cat")["input_ids"]
+    with pytest.raises(ModelError, match="tokenizer .*: no such directory"):
+        load(path, tokenizer=tmp_path / "nowhere")
+
+
+def test_a_tokenizer_that_makes_ordinary_words_unknown_is_refused(tmp_path, save_tiny_model):
+    import transformers as tf
+
+    path = save_tiny_model(tmp_path / "m")
+    # as many tokens as the model's embeddings, none of them English words or letters
+    size = build_tiny_tokenizer().vocab_size
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"x{i}" for i in range(size - 5)]
+    foreign = tmp_path / "foreign"
+    tf.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(foreign)
+    with pytest.raises(ModelError, match=r"turns ordinary words into unknown tokens \(\d+ of \d+ tokens"):
+        load(path, tokenizer=foreign)
+
+
+def test_truncated_weights_are_a_model_error(tmp_path, save_tiny_model):
+    path = save_tiny_model(tmp_path / "m")
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="corrupt or truncated"):
+        load(path)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ('["a list"]', "is not a model configuration (a JSON list)"),
+        ("{not json", "is not valid JSON"),
+        (
+            '{"model_type": "bert", "architectures": ["BertForSequenceClassification"], "hidden_size": "big"}',
+            "corrupt",
+        ),
+    ],
+)
+def test_garbage_config_is_a_model_error(tmp_path, save_tiny_model, config, message):
+    path = save_tiny_model(tmp_path / "m")
+    (path / "config.json").write_text(config)
+    with pytest.raises(ModelError, match=re.escape(message)):
+        load(path)
+
+
+def test_a_malicious_pickle_is_refused_without_running_it(tmp_path, save_tiny_model, recwarn):
+    path = save_tiny_model(tmp_path / "m")
+    (path / "model.safetensors").unlink()
+    marker = tmp_path / "ran"
+    write_malicious_pickle(path / "pytorch_model.bin", marker)
+    with pytest.raises(ModelError, match="never runs code from a pickle"):
+        load(path)
+    assert not marker.exists()
+    assert not [w for w in recwarn if "pickle" in str(w.message)]  # one line, no warning before it
+
+
+def write_malicious_pickle(path: Path, marker: Path) -> None:
+    """A pickle that would create `marker` if anything unpickled it with the full unpickler."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    path.write_bytes(pickle.dumps({"bert.embeddings.word_embeddings.weight": Payload()}))
