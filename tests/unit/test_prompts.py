@@ -145,9 +145,9 @@ def test_jsonl_file(tmp_path):
 
 def test_csv_and_tsv_with_chosen_columns(tmp_path):
     csv_path = tmp_path / "q.csv"
-    csv_path.write_text("question,answer,wrong\n\"Two plus two is\",' four', five\n")
+    csv_path.write_text('question,answer,wrong\n"Two plus two is", four, five\n')
     ps = load_prompts(csv_path, prompt_column="question", target_column="answer", foil_column="wrong")
-    assert (ps[0].prompt, ps[0].target, ps[0].foil, ps[0].id) == ("Two plus two is", "' four'", " five", "0")
+    assert (ps[0].prompt, ps[0].target, ps[0].foil, ps[0].id) == ("Two plus two is", " four", " five", "0")
     tsv_path = tmp_path / "c.tsv"
     tsv_path.write_text("text\ttarget\nThe sky is\t blue\nGrass is\t green\n")
     ps = load_prompts(tsv_path)  # "text" stands in for the prompt column; no foil: log-probability
