@@ -70,11 +70,11 @@ def test_too_long_input_truncates_with_flag_or_refuses(bert):
 
 
 def test_unsupported_architectures_are_named():
-    cfg = tf.DebertaV2Config(
+    cfg = tf.DebertaConfig(
         vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
     )
-    model = tf.DebertaV2ForSequenceClassification(cfg).eval()
-    with pytest.raises(UnsupportedModelError, match="deberta-v2.*not through AttentionInterface"):
+    model = tf.DebertaForSequenceClassification(cfg).eval()  # DeBERTa v1: no adapter
+    with pytest.raises(UnsupportedModelError, match="'deberta'.*not through AttentionInterface"):
         attattr.attribute(model, tiny_tokenizer(), "the cat")
 
 

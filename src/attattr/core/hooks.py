@@ -34,16 +34,16 @@ from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
+from . import adapters
 from .errors import UnsupportedModelError
 from .shapes import ConnectionGates, ExampleHeadTable, HeadTable, Origins, Probs
 
 ATTENTION_NAME = "attattr"
 
-# Architectures whose attention does not go through the interface (they compute it inline).
+# Architectures whose attention does not go through the interface (they compute it inline) and
+# that have no adapter (adapters.py: DeBERTa-v2/v3 and MPNet do).
 NOT_ON_INTERFACE = {
     "deberta": "DeBERTa computes disentangled (content/position) attention inline, not through AttentionInterface",
-    "deberta-v2": "DeBERTa-v2 computes disentangled (content/position) attention inline, not through AttentionInterface",
-    "mpnet": "MPNet adds relative-position bias inside its own attention code, not through AttentionInterface",
     "funnel": "Funnel pools attention inline, not through AttentionInterface",
     "xlnet": "XLNet's two-stream attention is computed inline, not through AttentionInterface",
 }
@@ -173,6 +173,9 @@ def check_supported(model: nn.Module) -> None:
     """Raise UnsupportedModelError if the model's attention cannot be hooked."""
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
+    if adapters.adapter_for(model) is not None:  # inline attention with an adapter: options checked
+        adapters.check(model)
+        return
     if model_type in NOT_ON_INTERFACE:
         raise UnsupportedModelError(
             f"unsupported architecture {model_type!r}: {NOT_ON_INTERFACE[model_type]}"
@@ -320,6 +323,7 @@ class AttentionHook:
         self._handles: list = []
         self._token = None
         self._previous_impl = None
+        self._adapted: adapters.Installed | None = None  # inline-attention families (adapters.py)
 
     @property
     def attentions(self) -> dict[int, Probs]:
@@ -339,8 +343,10 @@ class AttentionHook:
     # ---- installation ------------------------------------------------------------------
     def __enter__(self) -> AttentionHook:
         layers = layer_modules(self.model)
-        self._previous_impl = self.model.config._attn_implementation
-        self.model.set_attn_implementation(ATTENTION_NAME)
+        self._adapted = adapters.install(self.model, self.on_attention)
+        if self._adapted is None:
+            self._previous_impl = self.model.config._attn_implementation
+            self.model.set_attn_implementation(ATTENTION_NAME)
         self._token = _ACTIVE.set(self)
         # the base model, not the whole model: a caller may run the base model and apply the
         # output head itself (see objectives.py)
@@ -359,7 +365,11 @@ class AttentionHook:
         if self._token is not None:
             _ACTIVE.reset(self._token)
             self._token = None
-        self.model.set_attn_implementation(self._previous_impl or "eager")
+        if self._adapted is not None:
+            self._adapted.remove()
+            self._adapted = None
+        else:
+            self.model.set_attn_implementation(self._previous_impl or "eager")
 
     # ---- callbacks ---------------------------------------------------------------------
     def _on_model_start(self, module, args, kwargs):
@@ -402,7 +412,8 @@ class AttentionHook:
                 return [select(v) for v in x]
             return x
 
-        new_kwargs = {k: select(v) for k, v in kwargs.items() if k != "hidden_states"}
+        shared = self._adapted.shared_kwargs if self._adapted is not None else ()
+        new_kwargs = {k: v if k in shared else select(v) for k, v in kwargs.items() if k != "hidden_states"}
         if args:
             return (hidden, *select(rest_args)), new_kwargs
         new_kwargs["hidden_states"] = hidden
@@ -462,14 +473,20 @@ def layer_modules(model: nn.Module) -> list[nn.Module]:
 
     AttentionInterface.register("attattr-probe", spy)
     ALL_MASK_ATTENTION_FUNCTIONS.register("attattr-probe", eager_mask)
+    # an inline-attention family reports its attention calls through its adapter instead
+    adapted = adapters.install(model, lambda probs, module: (called.append(module), probs)[1])
     try:
-        model.set_attn_implementation("attattr-probe")
+        if adapted is None:
+            model.set_attn_implementation("attattr-probe")
         device = next(model.parameters()).device
         ids = torch.tensor([[_probe_token(model)] * 3], device=device)
         with torch.no_grad():
             model(input_ids=ids)
     finally:
-        model.set_attn_implementation(previous or "eager")
+        if adapted is None:
+            model.set_attn_implementation(previous or "eager")
+        else:
+            adapted.remove()
     if not called:
         raise UnsupportedModelError(
             f"unsupported architecture {type(model).__name__}: no attention call went through "
