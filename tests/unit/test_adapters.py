@@ -107,25 +107,32 @@ def reference_attribution(model, tok, text, pair, rule, steps):
     alphas, weights = quadrature_rule(rule, steps)
     scores, baselines = [], []
     for layer in range(LAYERS):
-        seen = {}
-
-        def scale(at, probs, alpha):
-            if at != layer:
-                return probs
-            seen["A"] = probs.detach()
-            seen["leaf"] = (alpha * probs.detach()).requires_grad_(True)
-            return seen["leaf"]
-
         total = 0
         for alpha, weight in zip(alphas, weights, strict=True):
-            with patch.on(lambda at, probs, a=float(alpha): scale(at, probs, a)):
+            scale = ScaleAt(layer, float(alpha))
+            with patch.on(scale):
                 f = torch.softmax(model(**inputs).logits[0], -1)[target]
-            (grad,) = torch.autograd.grad(f, seen["leaf"])
+            (grad,) = torch.autograd.grad(f, scale.leaf)
             total = total + weight * grad[0]
-        scores.append(seen["A"][0] * total)
-        with torch.no_grad(), patch.on(lambda at, probs: scale(at, probs, 0.0)):
+        scores.append(scale.A[0] * total)
+        with torch.no_grad(), patch.on(ScaleAt(layer, 0.0)):
             baselines.append(float(torch.softmax(model(**inputs).logits[0], -1)[target]))
     return torch.stack(scores), target, baselines
+
+
+class ScaleAt:
+    """A softmax edit: at `layer`, keep A and return alpha * A as a leaf."""
+
+    def __init__(self, layer: int, alpha: float):
+        self.layer, self.alpha = layer, alpha
+        self.A = self.leaf = None
+
+    def __call__(self, layer, probs):
+        if layer != self.layer:
+            return probs
+        self.A = probs.detach()
+        self.leaf = (self.alpha * self.A).requires_grad_(True)
+        return self.leaf
 
 
 # ---- nothing injected: the adapted model is the model ---------------------------------------
