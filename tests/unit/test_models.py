@@ -114,10 +114,10 @@ def test_missing_classifier_weights(tmp_path, save_tiny_model):
 def test_architecture_off_the_attention_interface(tmp_path):
     path = tmp_path / "deberta"
     path.mkdir()
-    config = {"model_type": "deberta-v2", "architectures": ["DebertaV2ForSequenceClassification"]}
+    config = {"model_type": "deberta", "architectures": ["DebertaForSequenceClassification"]}
     (path / "config.json").write_text(json.dumps(config))
     (path / "model.safetensors").write_bytes(b"not read: refused before loading")
-    with pytest.raises(UnsupportedModelError, match="unsupported architecture 'deberta-v2'"):
+    with pytest.raises(UnsupportedModelError, match="unsupported architecture 'deberta'"):
         load(path)
 
 
