@@ -370,3 +370,14 @@ def test_a_fresh_process_finds_the_analyses_shard_functions_by_kind():
         "heads.effectiveness attattr.analyses.heads.effectiveness",
         "tree.stats attattr.analyses.tree.stats",
     ]
+
+
+def test_output_folder_checked_before_any_work(tmp_path):
+    assert runs.check_output_folder(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()  # creates nothing
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        runs.check_output_folder(blocker)
+    with pytest.raises(InputError, match="is a file, so no folder can be made there"):
+        runs.check_output_folder(blocker / "below")

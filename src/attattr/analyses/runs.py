@@ -498,15 +498,23 @@ class RunStore(MemoryStore):
 
 
 def check_output_folder(folder: str | os.PathLike, what: str = "--out") -> Path:
-    """Refuse, before any work, an output folder that is a file or that cannot be written (InputError)."""
+    """Refuse, before any work, an output folder that is a file or where no file can be created
+    (InputError). Creates nothing."""
+    import tempfile
+
     path = Path(folder).expanduser()
     if path.exists() and not path.is_dir():
         raise InputError(f"{what} {folder} is a file, not a folder")
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"{what} {folder}: cannot write in {probe}")
+    if not probe.is_dir():
+        raise InputError(f"{what} {folder}: {probe} is a file, so no folder can be made there")
+    try:  # creating a file is the one sure test (permission bits say nothing for root or read-only mounts)
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise InputError(f"{what} {folder} is not writable ({probe}: {exc.strerror or exc})") from None
     return path
 
 
