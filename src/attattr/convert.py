@@ -182,7 +182,7 @@ def convert_gguf(
     import gguf
     import transformers
 
-    from . import __version__
+    from .version import __version__
 
     record = {
         "format": MANIFEST_FORMAT,
