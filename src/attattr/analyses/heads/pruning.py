@@ -19,7 +19,7 @@ from ...core.errors import InputError
 from ...core.hooks import model_num_heads, model_num_layers
 from ...methods import Importance, get_method
 from ...methods.gates import mask_key
-from ..runs import Job, as_examples, check_count
+from ..runs import Executor, Job, as_examples, check_count
 from .importance import (
     ProgressFn,
     StoreArg,
@@ -182,12 +182,15 @@ def prune_experiment(
     importance_context: dict[str, Any] | None = None,
     eval_context: dict[str, Any] | None = None,
     progress: ProgressFactory = _no_progress,
+    executor: Executor | None = None,
+    model_source: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Importance]]:
     """The whole Fig. 3 experiment: every method's importance over `importance_examples`
     (random: `seeds` seeds, labelled "random-<seed>"), then the pruning curves on `eval_examples`.
 
     context: what identifies the model and data (model_id, data); importance_context / eval_context:
-    what identifies each set (split, sample). Returns (result, importances by label)."""
+    what identifies each set (split, sample). executor, model_source: where the importance shards
+    run (the pruned evaluations run here). Returns (result, importances by label)."""
     options = dict(
         steps=steps, rule=rule, dtype=dtype, batch_size=batch_size, eval_batch_size=eval_batch_size
     )
@@ -212,6 +215,8 @@ def prune_experiment(
                     runs_dir=runs_dir,
                     fresh=fresh,
                     on_example=advance,
+                    executor=executor,
+                    model_source=model_source,
                     settings={
                         "kind": "importance",
                         "method": method,
