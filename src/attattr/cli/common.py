@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from ..core.errors import InputError
 from ..core.files import to_json
 from ..core.progress import progress_display
 
@@ -18,6 +20,32 @@ err_console = Console(stderr=True, highlight=False)
 def print_json(obj: Any) -> None:
     """`obj` as indented JSON on stdout (tensors and numpy values through `attattr.core.files.plain`)."""
     sys.stdout.write(to_json(obj) + "\n")
+
+
+def check_out_dir(path: str | Path | None, option: str = "--out") -> Path | None:
+    """Refuse, before any work, an output folder that is a file, lies below a file or takes no new
+    file (InputError, one line); creates nothing. None passes. Every command calls this first."""
+    if path is None:
+        return None
+    from ..analyses.runs import check_output_folder
+
+    return check_output_folder(path, what=option)
+
+
+def check_text(text: str | None, what: str = "text") -> str | None:
+    """Refuse text that is not valid UTF-8. Undecodable bytes in an argument reach Python as
+    surrogate escapes (U+DC80..U+DCFF), which no tokenizer can take."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        what_char = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"character U+{code:04X}"
+        raise InputError(
+            f"{what} is not valid UTF-8 ({what_char} at position {exc.start}); give the text in UTF-8"
+        ) from None
+    return text
 
 
 @contextmanager

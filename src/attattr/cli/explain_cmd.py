@@ -9,9 +9,9 @@ import typer
 from rich.table import Table
 
 from ..core.errors import InputError
-from ..core.quadrature import DEFAULT_RULE, DEFAULT_STEPS
+from ..core.quadrature import DEFAULT_RULE, DEFAULT_STEPS, RULES
 from .app import app
-from .common import console, err_console, print_json, warn
+from .common import check_out_dir, check_text, console, err_console, print_json, warn
 
 EXAMPLE = 'attattr explain "a gorgeous, witty and deeply moving film" --out out/'
 
@@ -34,9 +34,12 @@ def parse_steps(steps: str) -> int | str:
     if steps == "auto":
         return "auto"
     try:
-        return int(steps)
+        value = int(steps)
     except ValueError:
-        raise InputError(f"steps must be an integer >= 1 or 'auto', got {steps!r}") from None
+        value = 0
+    if value < 1:
+        raise InputError(f"steps must be an integer >= 1 or 'auto', got {steps!r}")
+    return value
 
 
 @app.command(
@@ -47,6 +50,9 @@ def explain(
     pair: str | None = typer.Option(None, "--pair", help="Second text of a sentence pair."),
     model: str = typer.Option(
         "minilm-rt", "--model", "-m", help="Recipe name, local model directory or hub id."
+    ),
+    tokenizer: str | None = typer.Option(
+        None, "--tokenizer", help="The model's tokenizer, where its directory has none (directory or recipe)."
     ),
     target: str = typer.Option(
         "predicted", help="'predicted', 'gold' (needs --label), a class index or label name."
@@ -73,7 +79,14 @@ def explain(
     from ..core.engine import attribute
     from ..models import load
 
-    loaded = load(model, quiet=json_out)
+    # every option that can be checked without the model is checked before loading it
+    out = check_out_dir(out)
+    text = check_text(text, "text")
+    pair = check_text(pair, "--pair")
+    steps_arg = parse_steps(steps)
+    if rule not in RULES:
+        raise InputError(f"unknown integration rule {rule!r}; choose one of: {', '.join(RULES)}")
+    loaded = load(model, quiet=json_out, tokenizer=tokenizer)
     target_arg = parse_target(target, loaded.label_names)
     gold = None
     if label is not None:
@@ -89,7 +102,7 @@ def explain(
         target=target_arg,
         label=gold,
         output=output,
-        steps=parse_steps(steps),
+        steps=steps_arg,
         rule=rule,
         fast=fast,
         dtype=dtype,
@@ -102,7 +115,11 @@ def explain(
         warn(
             f"the input was truncated to the model's maximum of {len(attr.tokens)} tokens (recorded in meta.json)"
         )
-    written = write_outputs(attr, out) if out is not None else []
+    written: list[Path] = []
+    if out is not None:
+        from ..render.outputs import write_explanation  # matplotlib: only when files are written
+
+        written = write_explanation(attr, out)
     if json_out:
         summary = attr.to_json()
         summary["seconds"] = elapsed
@@ -115,26 +132,6 @@ def explain(
         console.print(
             f"\nwrote {len(written)} files to [bold]{out}[/bold]: " + ", ".join(p.name for p in written)
         )
-
-
-def write_outputs(attr, out: Path) -> list[Path]:
-    """Tensors + metadata, the importance grid, attention-vs-attribution for the top heads, the report."""
-    from ..render.plots.heatmaps import attention_vs_attribution, importance_grid
-
-    out.mkdir(parents=True, exist_ok=True)
-    written = [attr.save(out), out / "meta.json"]
-    written += importance_grid(attr, out / "heads")
-    imp = attr.head_importance()
-    top_heads = imp.flatten().topk(min(3, imp.numel())).indices.tolist()
-    for flat in top_heads:
-        pos, head = divmod(flat, imp.shape[1])
-        layer = attr.layers[pos]
-        written += attention_vs_attribution(attr, layer, head, out / f"head_L{layer}_H{head}")
-    from ..render.report import write_report
-
-    # the report builds the tree itself and explains in the page when it cannot
-    written.append(write_report(out, attribution=attr))
-    return written
 
 
 def print_summary(attr, *, top: int, seconds: float) -> None:

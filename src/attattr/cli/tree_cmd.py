@@ -7,7 +7,6 @@ default command. (A text that is literally "stats" can be given as `attattr tree
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,8 +14,9 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from ..core.errors import InputError
+from ..core.quadrature import RULES
 from .app import app
-from .common import console, print_json, progress_bar, write_dataset_report
+from .common import check_out_dir, check_text, console, print_json, progress_bar, write_dataset_report
 
 DEFAULT_COMMAND = "show"
 
@@ -90,10 +90,10 @@ def _target(value: str) -> str | int:
         raise InputError(f"--target must be 'predicted' or a class index, got {value!r}") from None
 
 
-def _load_model(name: str):
+def _load_model(name: str, tokenizer: str | None = None):
     from .. import models
 
-    return models.load(name)
+    return models.load(name, tokenizer=tokenizer)
 
 
 def _check_attribution_matches(attr, loaded, path: Path) -> None:
@@ -139,6 +139,12 @@ def tree_show(
             help="Build the tree from a saved attribution (a directory written by --out or `attattr explain`).",
         ),
     ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            "--tokenizer", help="The model's tokenizer, where its directory has none (directory or recipe)."
+        ),
+    ] = None,
 ) -> None:
     """Attribution tree of one text: how information flows between tokens, layer by layer.
 
@@ -152,6 +158,10 @@ def tree_show(
     from ..analyses.tree.build import PARENT_CHOICES, build_tree, check_threshold
     from ..core.result import Attribution
 
+    # every option that can be checked without the model is checked before loading it
+    out = check_out_dir(out)
+    text = check_text(text, "text")
+    pair = check_text(pair, "--pair")
     threshold = check_threshold(threshold)
     if parent_choice not in PARENT_CHOICES:
         raise InputError(f"--parent-choice must be one of {', '.join(PARENT_CHOICES)}, got {parent_choice!r}")
@@ -160,21 +170,26 @@ def tree_show(
         if text is not None and text != attr.text:
             raise InputError(f"the text given differs from the text of {attributions} ({attr.text!r})")
         if model is not None:
-            _check_attribution_matches(attr, _load_model(model), attributions)
+            _check_attribution_matches(attr, _load_model(model, tokenizer), attributions)
     else:
         if text is None or not text.strip():
             raise InputError("text is empty: give the text to explain")
         if pair is not None and not pair.strip():
             raise InputError("pair text is empty")
+        if rule not in RULES:
+            raise InputError(f"unknown integration rule {rule!r}; choose one of: {', '.join(RULES)}")
+        if steps < 1:
+            raise InputError(f"--steps must be an integer >= 1, got {steps}")
+        target_arg = _target(target)
         from ..core.engine import attribute
 
-        loaded = _load_model(model or "minilm-rt")
+        loaded = _load_model(model or "minilm-rt", tokenizer)
         attr = attribute(
             loaded.model,
             loaded.tokenizer,
             text,
             pair,
-            target=_target(target),
+            target=target_arg,
             steps=steps,
             rule=rule,
             model_id=loaded.model_id,
@@ -184,20 +199,10 @@ def tree_show(
 
     written: list[Path] = []
     if out is not None:
-        from ..render.plots.tree import draw_tree
+        from ..render.outputs import write_tree  # matplotlib: only when files are written
 
-        out.mkdir(parents=True, exist_ok=True)
-        from ..render.plots.style import save_figure
-
-        written += save_figure(draw_tree(tree), out / "tree")
-        (out / "tree.json").write_text(json.dumps(tree.to_json(), indent=1))
-        (out / "tree.dot").write_text(tree.to_dot())
-        written += [out / "tree.json", out / "tree.dot"]
-        if attributions is None or attributions.resolve() != out.resolve():
-            written.append(attr.save(out))
-        from ..render.report import write_report
-
-        written.append(write_report(out, attribution=attr, tree=tree))
+        same_folder = attributions is not None and attributions.resolve() == out.resolve()
+        written = write_tree(tree, attr, out, save_attribution=not same_folder)
 
     if json_out:
         data = tree.to_json()
