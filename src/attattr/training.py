@@ -1,4 +1,4 @@
-"""Fine-tuning a recipe classifier from the shipped MiniLM encoder, and measuring accuracy.
+"""Fine-tuning a recipe classifier from its base encoder (bases.py), and measuring accuracy.
 
 Determinism: python, numpy and torch are seeded from the recipe seed, the training subset and
 the batch order come from seeded generators, and the number of threads is fixed by the machine,
@@ -36,7 +36,6 @@ from .models import (
     MANIFEST,
     Recipe,
     attattr_home,
-    base_encoder_dir,
     get_recipe,
     is_built,
     quiet_transformers,
@@ -340,13 +339,15 @@ def train_recipe(
     dev = load_dataset(recipe.dataset, "dev", limit=dev_limit)
     label_names = list(train.label_names or [])
 
-    from transformers import AutoTokenizer, BertForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    base = base_encoder_dir()
+    from .bases import base_dir
+
+    base = base_dir(recipe.base, home)  # the MPNet base is fetched and unpacked once
     seed_everything(seed)  # the classifier's initial weights
     with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(base)
-        model = BertForSequenceClassification.from_pretrained(
+        model = AutoModelForSequenceClassification.from_pretrained(
             base,
             num_labels=len(label_names),
             id2label=dict(enumerate(label_names)),

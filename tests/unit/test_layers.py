@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "attattr.prompts": 2,
     "attattr.convert": 2,
     "attattr.training": 2,
+    "attattr.bases": 2,
     "attattr.methods": 3,
     "attattr.analyses": 4,
     "attattr.cluster": 4,

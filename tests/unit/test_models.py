@@ -31,11 +31,12 @@ def test_home_precedence(monkeypatch, tmp_path):
 def test_recipes():
     from attattr.data import DATASETS
 
-    assert list(RECIPES) == ["minilm-rt", "minilm-imdb", "minilm-bbc"]
+    assert list(RECIPES)[:3] == ["minilm-rt", "minilm-imdb", "minilm-bbc"] and "mpnet-rt" in RECIPES
     assert models.DEFAULT_RECIPE == "minilm-rt"
     assert {r.dataset for r in RECIPES.values()} == set(DATASETS)
     for r in RECIPES.values():
-        assert r.expected_minutes <= 10 and 16 <= r.max_length <= 512
+        # the 12-layer MPNet recipe is a one-time build of about half an hour on 2 cores
+        assert r.expected_minutes <= (30 if r.base == "mpnet" else 10) and 16 <= r.max_length <= 512
     rt = RECIPES["minilm-rt"]
     assert rt.num_steps(6530) == -(-6530 // rt.batch_size) * rt.epochs
     imdb = RECIPES["minilm-imdb"]
