@@ -68,6 +68,16 @@ class Attribution:
     dtype: str = "float32"
     truncated: bool = False
     versions: dict[str, str] = field(default_factory=dict)
+    # Causal LMs (docs/decoders.md): what F reads -- objective, output, target and foil tokens, the
+    # positions read (the first is the predicting position), the prompt's length, the top next
+    # tokens with their probabilities. None for classifiers.
+    decoder: dict[str, Any] | None = None
+    # How each layer was integrated (docs/method.md §1), per layer in `layers`: {"layer", "nodes"
+    # (gradient evaluations), "subintervals", "dtype", "error_estimate" (relative; None for a fixed
+    # rule, or where the scores are all zero), "converged" (estimate within `tol`; None for a fixed
+    # rule)}. Files saved before these fields existed load with None.
+    tol: float | None = None  # the error-controlled mode's tolerance; None for a fixed rule
+    integration: list[dict[str, Any]] | None = None
 
     # ---- derived quantities -------------------------------------------------------------
     @property
@@ -91,6 +101,10 @@ class Attribution:
             }
             for layer, s, b, g in zip(self.layers, self.score_sums, self.baseline_values, gaps, strict=True)
         ]
+
+    def unconverged_layers(self) -> list[int]:
+        """The layers whose error estimate missed `tol` within the work budget."""
+        return [r["layer"] for r in self.integration or [] if r.get("converged") is False]
 
     def head_importance(self) -> torch.Tensor:
         """`[layers, heads]`: max over (i, j) of each head's attribution (max pooling, as the paper)."""
@@ -235,6 +249,8 @@ class Attribution:
             if len(values) != n:
                 raise ResultFileError(f"{meta_path}: {name} has {len(values)} entries for {n} tokens")
         per_layer = {"baseline_values": attr.baseline_values, "score_sums": attr.score_sums}
+        if attr.integration is not None:
+            per_layer["integration"] = attr.integration
         for name, values in per_layer.items():
             if len(values) != len(attr.layers):
                 raise ResultFileError(
@@ -327,7 +343,25 @@ _META_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: isinstance(v, dict) and all(_is_str(x) for x in v.values()),
         "an object of strings",
     ),
+    "decoder": (_optional(lambda v: isinstance(v, dict)), "an object or null"),
+    "tol": (_optional(_is_number), "a number or null"),
+    "integration": (
+        _optional(_list_of(lambda v: _is_integration_record(v))),
+        "null or a list of per-layer records (layer, nodes, subintervals, dtype, error_estimate, converged)",
+    ),
 }
+
+
+def _is_integration_record(v: Any) -> bool:
+    return (
+        isinstance(v, dict)
+        and _is_int(v.get("layer"))
+        and _is_int(v.get("nodes"))
+        and _is_int(v.get("subintervals"))
+        and _is_str(v.get("dtype"))
+        and _optional(_is_number)(v.get("error_estimate"))
+        and _optional(_is_bool)(v.get("converged"))
+    )
 
 
 def _shown(value: Any) -> str:
