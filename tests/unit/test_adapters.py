@@ -9,6 +9,7 @@ layer and integration node, no prefix reuse."""
 from __future__ import annotations
 
 import contextlib
+import json
 from unittest import mock
 
 import pytest
@@ -311,3 +312,19 @@ def test_nested_hooks_restore_each_others_forward():
         assert len(outer.attentions) == LAYERS
     assert not [m for m in model.modules() if "forward" in m.__dict__]
     assert adapters.adapter_for(model).model_type == "deberta-v2"
+
+
+@pytest.mark.parametrize("family", ["deberta-v3", "mpnet"])
+def test_explain_runs_on_a_saved_model_directory(family, tmp_path, run_cli):
+    path = tmp_path / family
+    model = tiny_inline(family)
+    model.config.id2label, model.config.label2id = (
+        {0: "negative", 1: "positive"},
+        {"negative": 0, "positive": 1},
+    )
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    code, out, err = run_cli("explain", "--model", path, "the cat sat on a mat", "--steps", "2", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["layers"] == list(range(LAYERS)) and summary["label_names"] == ["negative", "positive"]
