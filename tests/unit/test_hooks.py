@@ -53,8 +53,7 @@ def _causal_mask(n: int, window: int | None = None) -> torch.Tensor:
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
-        ({"softcap": 50.0}, "softcap=50.0"),
-        ({"s_aux": torch.zeros(4)}, "s_aux=<tensor [4]>"),
+        ({"position_bias": torch.zeros(1, 4, 5, 5)}, "position_bias=<tensor [1, 4, 5, 5]>"),
         ({"window_size_left": 3}, "window_size_left=3"),
         ({"cu_seq_lens_q": torch.tensor([0, 5])}, "cu_seq_lens_q"),
     ],
@@ -188,10 +187,27 @@ def test_sliding_window_is_honoured():
     assert (hooked - _alone(full, tok, TEXTS[0])).abs().max() > 1e-4
 
 
-def test_gemma2_soft_capping_is_refused_by_name():
+def test_soft_capping_and_sinks_follow_the_eager_formulas():
+    """Gemma-2's softcap and gpt-oss's sinks, against the formulas of transformers' eager code."""
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 4, 5, 8) * 4, torch.randn(1, 4, 5, 8)
+    mask = _causal_mask(5)
+    raw = q @ k.transpose(2, 3) * 0.3
+    capped = attention_probs(q, k, mask, 0.3, softcap=2.0)
+    torch.testing.assert_close(capped, torch.softmax(torch.tanh(raw / 2.0) * 2.0 + mask, -1))
+    sinks = torch.tensor([0.0, 1.0, -2.0, 3.0])
+    sunk = attention_probs(q, k, mask, 0.3, sinks=sinks)
+    full = torch.cat([raw + mask, sinks.view(1, 4, 1, 1).expand(1, 4, 5, 1)], dim=-1).softmax(-1)
+    torch.testing.assert_close(sunk, full[..., :-1])
+    assert bool((sunk.sum(-1) < 1).all()) and torch.equal(sunk[0, 0].triu(1), torch.zeros(5, 5))
+
+
+def test_gemma2_soft_capping_matches_eager():
     model, tok = _tiny("gemma2")
-    with pytest.raises(UnsupportedModelError, match="softcap=50.0"):
-        attattr.attribute(model, tok, "the cat", steps=1)
+    assert model.config.attn_logit_softcapping == 50.0
+    hooked = predict(model, tok, TEXTS)
+    for i, text in enumerate(TEXTS):
+        torch.testing.assert_close(hooked[i], _alone(model, tok, text), atol=1e-6, rtol=0)
 
 
 def test_a_head_that_drops_forked_rows_is_refused():

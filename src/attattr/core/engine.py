@@ -17,11 +17,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ..version import __version__
-from .encoding import encode_batch, model_inputs, model_max_length, token_count
+from .encoding import model_inputs, model_max_length, token_count
 from .errors import InputError, ModelError
 from .hooks import AttentionHook, Record, Scale, check_supported, model_num_heads, model_num_layers
 from .objectives import Objective, make_objective
@@ -47,6 +48,8 @@ class _Item:
     text: str
     text_pair: str | None
     label: int | None
+    target: Any = None  # a prompt's own target and foil (prompt sets; objective target "gold")
+    foil: Any = None
 
 
 def attribute(
@@ -70,14 +73,16 @@ def attribute_many(
     examples: Iterable,
     *,
     target: str | int = "predicted",
-    output: str = "prob",
+    output: str | None = None,
+    foil=None,
+    per_token: bool = False,
     steps: int | str = DEFAULT_STEPS,
     rule: str = DEFAULT_RULE,
     layers: Sequence[int] | None = None,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     memory_budget: int | None = None,
-    truncate: bool = True,
+    truncate: bool | None = None,
     batch_size: int = 8,
     model_id: str | None = None,
     label_names: Sequence[str] | None = None,
@@ -90,7 +95,14 @@ def attribute_many(
         (text, text_pair) tuples.
     target: "predicted" (default), "gold" (each example's label), or a class index.
     output: the objective F, by registered name (`attattr.core.objectives.OBJECTIVES`): the target
-        class's "prob" (default, as the paper), "logit" or "logprob".
+        class's "prob" (default, as the paper), "logit" or "logprob". Causal LMs (docs/decoders.md):
+        "prob", "logprob", "logit", "logit-diff" or "prob-diff" (`objectives.TokenObjective`); their
+        target is "predicted" (the top next token), a token id, a continuation text, alternatives
+        (a tuple) or "gold" (each prompt's own target and foil, e.g. `attattr.prompts` sets).
+    foil: causal LMs: the foil of a contrastive objective (a text, a token id or alternatives).
+    per_token: causal LMs: one attribution per token of a continuation target.
+    truncate: cut inputs longer than the model's maximum (classifiers: by default; decoders: only
+        when True, and the beginning of the prompt), or refuse them.
     rule, steps: the integration rule (`attattr.core.quadrature.RULES`) and its number of nodes;
         steps="auto" with Gauss-Legendre uses the benchmarked node count.
     layers: the layers to attribute (default all).
@@ -101,7 +113,8 @@ def attribute_many(
     if fast:
         rule, steps, dtype = "gauss-legendre", "auto", "auto"
     check_supported(model)
-    objective = make_objective(output, target)
+    objective = make_objective(output, target, model=model, foil=foil, per_token=per_token)
+    output = objective.name
     if rule not in RULES:
         raise InputError(f"unknown integration rule {rule!r}; choose one of: {', '.join(RULES)}")
     if steps == "auto":
@@ -148,6 +161,7 @@ def attribute_many(
             raise InputError(f"text is empty{f' (example {it.id})' if it.id is not None else ''}")
         if it.text_pair is not None and not it.text_pair.strip():
             raise InputError(f"pair text is empty{f' (example {it.id})' if it.id is not None else ''}")
+    items = objective.expand(items, tokenizer)  # decoders: targets as token ids; per-token copies
 
     # Sort by length inside windows to limit padding, but yield in input order.
     window = batch_size * 8
@@ -219,13 +233,9 @@ class _Settings:
 def _attribute_batch(
     model, tokenizer, batch, s: _Settings, max_length, truncate, device, model_id, label_names
 ):
-    enc, truncated = encode_batch(
-        tokenizer,
-        [it.text for it in batch],
-        [it.text_pair for it in batch] if any(it.text_pair is not None for it in batch) else None,
-        max_length=max_length,
-        truncate=truncate,
-        device=device,
+    # texts and pairs, or a decoder's prompts with the tokens its objective forces after them
+    enc, truncated = s.objective.encode(
+        tokenizer, batch, max_length=max_length, truncate=truncate, device=device
     )
     inputs = model_inputs(enc, model)
     mask = enc["attention_mask"]  # [B, n]
@@ -325,6 +335,7 @@ def _attribute_batch(
                 versions=versions,
             )
         )
+        objective.annotate(results[-1], b)  # decoders: the tokens F reads, the top predictions
     return results
 
 
@@ -438,7 +449,16 @@ def _as_item(x, index: int) -> _Item:
     if isinstance(x, tuple):
         return _Item(None, x[0], x[1] if len(x) > 1 else None, x[2] if len(x) > 2 else None)
     if hasattr(x, "text"):
-        return _Item(getattr(x, "id", None), x.text, getattr(x, "text_pair", None), getattr(x, "label", None))
+        return _Item(
+            getattr(x, "id", None),
+            x.text,
+            getattr(x, "text_pair", None),
+            getattr(x, "label", None),
+            getattr(x, "target", None),
+            getattr(x, "foil", None),
+        )
+    if hasattr(x, "prompt"):  # attattr.prompts.PromptExample
+        return _Item(getattr(x, "id", None), x.prompt, None, None, x.target, getattr(x, "foil", None))
     raise InputError(
         f"example {index}: expected a text, a (text, pair) tuple or an Example, got {type(x).__name__}"
     )

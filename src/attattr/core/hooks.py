@@ -15,8 +15,13 @@ below a target layer run once per example while the scaled copies exist only fro
 (prefix reuse); `row_origin` then says which example each row inside the model came from.
 
 The attention function accepts exactly the keyword arguments it implements and refuses any other
-(Gemma-2's `softcap`, gpt-oss's attention sinks `s_aux`, ...) with UnsupportedModelError: an
-argument silently ignored would give wrong numbers.
+(a T5-style `position_bias`, ...) with UnsupportedModelError: an argument silently ignored would give
+wrong numbers. Implemented exactly as transformers' eager code computes them (docs/decoders.md):
+grouped-query attention (key/value heads shared by groups of query heads; probabilities are per
+query head), causal and padding masks (masked entries exactly 0), sliding windows (applied by the
+mask the model builds, checked), Gemma-2's tanh soft-capping of the scores (`softcap`) and gpt-oss's
+learned attention sinks (`s_aux`: one extra logit per head that takes part in the softmax and is then
+dropped, so a row of A sums to less than 1).
 
 "Layer" means the k-th attention call of a forward pass, which also covers ALBERT's shared layer.
 """
@@ -35,7 +40,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 from . import adapters
-from .errors import UnsupportedModelError
+from .errors import InputError, UnsupportedModelError
 from .shapes import ConnectionGates, ExampleHeadTable, HeadTable, Origins, Probs
 
 ATTENTION_NAME = "attattr"
@@ -56,12 +61,12 @@ IGNORED_ARGUMENTS = {
     "use_cache": "the cache is updated by the attention module before the call",
     "output_attentions": "the probabilities are always returned",
     "encoder_hidden_states": "cross-attention keys and values arrive already projected",
+    "output_router_logits": "a mixture-of-experts flag (gpt-oss) passed along with the layer's arguments",
 }
 # Arguments that change the result and that this function does not implement: refused unless None.
 NOT_IMPLEMENTED = {
-    "softcap": "tanh soft-capping of attention scores (Gemma-2)",
-    "s_aux": "attention sinks (gpt-oss)",
     "position_bias": "an additive position bias (T5-style)",
+    "alibi": "ALiBi linear position biases",
 }
 
 _ACTIVE: contextvars.ContextVar[AttentionHook | None] = contextvars.ContextVar("attattr_hook", default=None)
@@ -78,10 +83,14 @@ def _attention_forward(
     *,
     sliding_window: int | None = None,
     is_causal: bool | None = None,
+    softcap: float | None = None,
+    s_aux: torch.Tensor | None = None,
     **others,
 ) -> tuple[torch.Tensor, Probs]:
     check_arguments(others)
-    probs = attention_probs(query, key, attention_mask, scaling, sliding_window, is_causal)
+    probs = attention_probs(
+        query, key, attention_mask, scaling, sliding_window, is_causal, softcap=softcap, sinks=s_aux
+    )
     hook = _ACTIVE.get()
     if hook is not None:
         probs = hook.on_attention(probs, module)
@@ -107,14 +116,25 @@ def attention_probs(
     scaling: float | None = None,
     sliding_window: int | None = None,
     is_causal: bool | None = None,
+    *,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> Probs:
     """softmax(q k^T * scaling + mask), as the eager implementation computes it.
-    query: [batch, heads, q_len, head_dim]; key: [batch, kv_heads, k_len, head_dim]."""
+    query: [batch, heads, q_len, head_dim]; key: [batch, kv_heads, k_len, head_dim].
+    softcap: scores become softcap * tanh(scores / softcap) before the mask (Gemma-2).
+    sinks: [heads] learned logits (gpt-oss), one extra column of the softmax, dropped afterwards."""
     if key.shape[1] != query.shape[1]:  # grouped-query attention: share kv heads
+        if query.shape[1] % key.shape[1]:
+            raise UnsupportedModelError(
+                f"unsupported attention: {query.shape[1]} query heads cannot share {key.shape[1]} key/value heads"
+            )
         key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # [batch, heads, q, k]
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     q_len, k_len = scores.shape[-2:]
     if attention_mask is not None:
         attention_mask = attention_mask[..., :k_len]
@@ -133,6 +153,12 @@ def attention_probs(
             # what scaled_dot_product_attention(is_causal=True) does: top-left aligned
             future = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).triu(1)
             scores = scores.masked_fill(future, torch.finfo(scores.dtype).min)
+    if sinks is not None:
+        # gpt-oss: the sink is one more logit per head; its share of the softmax goes nowhere
+        sink = sinks.reshape(1, -1, 1, 1).to(scores.dtype).expand(scores.shape[0], -1, q_len, 1)
+        combined = torch.cat([scores, sink], dim=-1)
+        combined = combined - combined.max(dim=-1, keepdim=True).values
+        return nn.functional.softmax(combined, dim=-1)[..., :-1]
     return nn.functional.softmax(scores, dim=-1)
 
 
@@ -540,3 +566,26 @@ def model_num_heads(model: nn.Module) -> int:
         if isinstance(value, int):
             return value
     raise UnsupportedModelError(f"cannot tell how many heads {type(model).__name__} has")
+
+
+def key_value_heads(model: nn.Module) -> int:
+    """Key/value heads per layer: fewer than the query heads under grouped-query attention (each
+    serves `heads // kv_heads` consecutive query heads), as many without it."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    value = getattr(config, "num_key_value_heads", None)
+    return value if isinstance(value, int) and value > 0 else model_num_heads(model)
+
+
+def group_by_key_value(values: torch.Tensor, kv_heads: int, reduce: str = "sum") -> torch.Tensor:
+    """Per-query-head tensors `[layers, heads, ...]` aggregated per key/value group
+    `[layers, kv_heads, ...]` ("sum": attributions add up over a group's heads; "mean": attention).
+    Query head h belongs to group h // (heads // kv_heads), as transformers' `repeat_kv` lays them out."""
+    heads = values.shape[1]
+    if kv_heads < 1 or heads % kv_heads:
+        raise InputError(f"cannot group {heads} query heads into {kv_heads} key/value heads")
+    grouped = values.reshape(values.shape[0], kv_heads, heads // kv_heads, *values.shape[2:])
+    if reduce == "sum":
+        return grouped.sum(dim=2)
+    if reduce == "mean":
+        return grouped.mean(dim=2)
+    raise InputError(f"reduce must be 'sum' or 'mean', got {reduce!r}")

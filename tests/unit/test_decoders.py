@@ -1,0 +1,496 @@
+"""Causal language models: next-token, continuation and contrastive objectives against a plain
+reference, for every decoder family attattr supports, and the refusals of bad input.
+
+The reference is written here and shares nothing with the engine: for each prompt alone (no
+padding), each layer and each integration node, one full forward pass of the model's own
+`...ForCausalLM` (its own head, all logits) through an eager attention function of this file that
+replaces that layer's probabilities by alpha * A; F from the full logits; the gradient with respect
+to the scaled matrix, summed with the rule's weights and multiplied by A. Families: GPT-2, Llama,
+Qwen2, Qwen3, Mistral (a window shorter than the input), Gemma-2 (attention and final logit
+soft-capping, alternating windows), Gemma-3, Phi-3 and gpt-oss (learned attention sinks); each with
+grouped-query attention where the family has it. Tiny random models: 2 layers, hidden 32.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as tf
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+import attattr
+from attattr.core.encoding import encode_prompts, predict_prompts
+from attattr.core.errors import InputError, UnsupportedModelError
+from attattr.core.hooks import AttentionHook, group_by_key_value, key_value_heads
+from attattr.core.objectives import lm_logits, make_objective
+from attattr.core.quadrature import rule as quadrature_rule
+from attattr.prompts import PromptExample
+
+WORDS = (
+    "When Mary and John went to the store , John gave a drink to cat dog sat on mat . the a "
+    "book Paris is capital of France"
+).split()
+
+
+def decoder_tokenizer(*, bos: bool = False, side: str = "right") -> tf.PreTrainedTokenizerFast:
+    """A byte-level word tokenizer like GPT-2's (" Mary" is one token, "Mary" another); bos=True
+    puts <s> before every input, as Llama's tokenizers do."""
+    vocab = {"<|endoftext|>": 0, "<unk>": 1, "<s>": 2}
+    for word in dict.fromkeys(WORDS):
+        for form in (word, "Ġ" + word):
+            vocab.setdefault(form, len(vocab))
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    if bos:
+        raw.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
+    tok = tf.PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        eos_token="<|endoftext|>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        pad_token="<|endoftext|>",
+    )
+    tok.padding_side = side
+    return tok
+
+
+VOCAB = len(decoder_tokenizer())
+
+
+def tiny_lm(family: str, seed: int = 0):
+    """A seeded random causal LM of `family`: 2 layers, 4 query heads (2 key/value heads where the
+    family has grouped-query attention), hidden 32, eager attention, eval mode."""
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        initializer_range=0.3,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=0,
+    )
+    gqa = dict(common, num_key_value_heads=2)
+    builders = {
+        "gpt2": lambda: tf.GPT2LMHeadModel(
+            tf.GPT2Config(
+                vocab_size=VOCAB,
+                n_embd=32,
+                n_layer=2,
+                n_head=4,
+                n_positions=64,
+                initializer_range=0.3,
+                bos_token_id=2,
+                eos_token_id=0,
+                pad_token_id=0,
+            )
+        ),
+        "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**gqa)),
+        "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**gqa)),
+        "qwen3": lambda: tf.Qwen3ForCausalLM(tf.Qwen3Config(**gqa, head_dim=8)),
+        "mistral": lambda: tf.MistralForCausalLM(tf.MistralConfig(**gqa, sliding_window=3)),
+        "gemma2": lambda: tf.Gemma2ForCausalLM(
+            tf.Gemma2Config(
+                **gqa, head_dim=8, sliding_window=3, attn_logit_softcapping=1.5, final_logit_softcapping=2.0
+            )
+        ),
+        "gemma3": lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**gqa, head_dim=8, sliding_window=3)),
+        "phi3": lambda: tf.Phi3ForCausalLM(tf.Phi3Config(**gqa)),
+        "gpt-oss": lambda: tf.GptOssForCausalLM(
+            tf.GptOssConfig(**gqa, head_dim=8, sliding_window=3, num_local_experts=2, num_experts_per_tok=1)
+        ),
+    }
+    torch.manual_seed(seed)
+    model = builders[family]()
+    if family == "gpt-oss":  # random sinks: zero-initialised ones would test nothing
+        for layer in model.model.layers:
+            layer.self_attn.sinks.data.normal_(0.0, 1.0)
+    model.set_attn_implementation("eager")
+    return model.eval()
+
+
+FAMILIES = ("gpt2", "llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3", "gpt-oss")
+
+# ---- the plain reference --------------------------------------------------------------------------
+_REF = {"layer": None, "alpha": 1.0, "calls": 0, "A": None, "leaf": None, "gates": None}
+
+
+def _reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = query @ key.transpose(2, 3) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
+    if kwargs.get("softcap") is not None:
+        scores = kwargs["softcap"] * torch.tanh(scores / kwargs["softcap"])
+    if attention_mask is not None:
+        mask = attention_mask[..., : key.shape[-2]]
+        scores = scores.masked_fill(~mask, -1e30) if mask.dtype == torch.bool else scores + mask
+    sinks = kwargs.get("s_aux")
+    if sinks is not None:
+        column = sinks.view(1, -1, 1, 1).expand(scores.shape[0], -1, scores.shape[2], 1)
+        probs = torch.softmax(torch.cat([scores, column], dim=-1), dim=-1)[..., :-1]
+    else:
+        probs = torch.softmax(scores, dim=-1)
+    layer = _REF["calls"]
+    _REF["calls"] += 1
+    if _REF["gates"] is not None:
+        probs = probs * _REF["gates"][layer].view(1, -1, 1, 1)
+    if layer == _REF["layer"]:
+        _REF["A"] = probs.detach()
+        probs = (_REF["alpha"] * probs.detach()).requires_grad_(True)
+        _REF["leaf"] = probs
+    return (probs @ value).transpose(1, 2).contiguous(), probs
+
+
+AttentionInterface.register("decoder-reference", _reference_attention)
+ALL_MASK_ATTENTION_FUNCTIONS.register("decoder-reference", eager_mask)
+
+
+def _ids(tok, prompt: str, text: str | None = None) -> list[int]:
+    ids = tok(prompt)["input_ids"]
+    if text is None:
+        return ids
+    return (
+        ids
+        + tok(prompt + text, add_special_tokens=False)["input_ids"][
+            len(tok(prompt, add_special_tokens=False)["input_ids"]) :
+        ]
+    )
+
+
+def _f_reference(logits, kind, n_prompt, target_ids, foil_ids=None):
+    """F from a prompt's full logits [seq, vocab]."""
+    last = n_prompt - 1
+    if kind == "prob":
+        return torch.softmax(logits[last], -1)[target_ids[0]]
+    if kind == "logit":
+        return logits[last, target_ids[0]]
+    if kind == "logit-diff":
+        return logits[last, target_ids[0]] - logits[last, foil_ids[0]]
+    if kind == "prob-diff":
+        p = torch.softmax(logits[last], -1)
+        return p[list(target_ids)].sum() - p[list(foil_ids)].sum()
+    # logprob of a continuation, teacher-forced: position last + t predicts token t
+    lp = torch.log_softmax(logits, -1)
+    return sum(lp[last + t, y] for t, y in enumerate(target_ids))
+
+
+def reference(model, ids, kind, n_prompt, target_ids, foil_ids=None, steps=2, rule="gauss-legendre"):
+    """[layers, heads, n, n] scores, F(A) and F(0 * A^l) per layer, one input alone."""
+    inputs = torch.tensor([ids])
+    model.set_attn_implementation("decoder-reference")
+    try:
+
+        def f():
+            _REF["calls"] = 0
+            return _f_reference(
+                model(input_ids=inputs).logits[0].float(), kind, n_prompt, target_ids, foil_ids
+            )
+
+        _REF.update(layer=None)
+        with torch.no_grad():
+            full = float(f())
+        alphas, weights = quadrature_rule(rule, steps)
+        scores, baselines = [], []
+        for layer in range(model.config.num_hidden_layers):
+            total = 0
+            for a, w in zip(alphas, weights, strict=True):
+                _REF.update(layer=layer, alpha=float(a))
+                (grad,) = torch.autograd.grad(f(), _REF["leaf"])
+                total = total + w * grad
+            scores.append(_REF["A"][0] * total[0])
+            _REF.update(layer=layer, alpha=0.0)
+            with torch.no_grad():
+                baselines.append(float(f()))
+        return torch.stack(scores), full, baselines
+    finally:
+        _REF.update(layer=None, gates=None)
+        model.set_attn_implementation("eager")
+
+
+def check_against_reference(model, tok, got, prompt, kind, target=None, foil=None, *, alternatives=None):
+    n_prompt = len(_ids(tok, prompt))
+    if alternatives is not None:
+        target_ids = [_ids(tok, prompt, t)[n_prompt] for t in alternatives[0]]
+        foil_ids = [_ids(tok, prompt, f)[n_prompt] for f in alternatives[1]]
+        ids = _ids(tok, prompt)
+    elif target is None:
+        target_ids, foil_ids, ids = [got.target], None, _ids(tok, prompt)
+    else:
+        full = _ids(tok, prompt, target)
+        target_ids = full[n_prompt:]
+        foil_ids = _ids(tok, prompt, foil)[n_prompt:] if foil is not None else None
+        ids = full if kind == "logprob" else _ids(tok, prompt)
+        if kind == "logprob":
+            ids = full[:-1]  # the last target token is predicted, never read
+    ref, full_f, baselines = reference(model, ids, kind, n_prompt, target_ids, foil_ids)
+    assert got.tokens == tok.convert_ids_to_tokens(ids)
+    assert got.scores.shape == ref.shape
+    torch.testing.assert_close(got.scores, ref, atol=2e-5, rtol=1e-4)
+    assert got.output_value == pytest.approx(full_f, abs=2e-5, rel=1e-5)
+    assert got.baseline_values == pytest.approx(baselines, abs=2e-5, rel=1e-5)
+    # causal: a token never attends to a later one; those entries are exactly 0
+    assert torch.equal(got.scores.triu(1), torch.zeros_like(got.scores))
+    assert torch.equal(got.attentions.triu(1), torch.zeros_like(got.attentions))
+
+
+PROMPT = "When Mary and John went to the store , John gave a drink to"
+PROMPTS = ["When Mary and John went to the store , John gave a drink to", "the cat sat on", "a dog"]
+FIXED = dict(steps=2, rule="gauss-legendre")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_single_prompts_match_the_reference(family):
+    model, tok = tiny_lm(family), decoder_tokenizer(bos=family in ("llama", "gemma2"))
+    got = attattr.attribute(model, tok, PROMPT, target=" Mary", foil=" John", **FIXED)
+    assert got.output == "logit-diff" and got.decoder["objective"] == "contrastive"
+    check_against_reference(model, tok, got, PROMPT, "logit-diff", " Mary", " John")
+    got = attattr.attribute(model, tok, "the cat sat on", **FIXED)  # the top next token's probability
+    assert got.output == "prob" and got.target == got.predicted == got.decoder["top"][0]["id"]
+    check_against_reference(model, tok, got, "the cat sat on", "prob")
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_padded_batches_match_each_prompt_alone(family, side):
+    model, tok = tiny_lm(family), decoder_tokenizer(side=side)
+    examples = [
+        PromptExample("a", PROMPTS[0], " Mary", " John"),
+        PromptExample("b", PROMPTS[1], " the", " a"),
+        PromptExample("c", PROMPTS[2], " sat", " dog"),
+    ]
+    got = list(attattr.attribute_many(model, tok, examples, target="gold", batch_size=3, **FIXED))
+    assert [g.example_id for g in got] == ["a", "b", "c"]
+    for ex, g in zip(examples, got, strict=True):
+        check_against_reference(model, tok, g, ex.prompt, "logit-diff", ex.target, ex.foil)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_forced_continuation_matches_the_reference(family):
+    """F = sum_t log p(y_t | prompt, y_<t), teacher-forced, in a left-padded batch."""
+    model, tok = tiny_lm(family), decoder_tokenizer(side="left")
+    examples = [
+        PromptExample("long", "When Mary", " and John went to"),
+        PromptExample("short", "the cat", " sat"),
+    ]
+    got = list(attattr.attribute_many(model, tok, examples, target="gold", batch_size=2, **FIXED))
+    assert got[0].output == "logprob" and got[0].decoder["objective"] == "continuation"
+    assert got[0].decoder["positions"] == [1, 2, 3, 4] and got[0].decoder["prompt_tokens"] == 2
+    assert got[0].segment_ids == [0, 0, 1, 1, 1]  # prompt, then the forced target tokens
+    for ex, g in zip(examples, got, strict=True):
+        check_against_reference(model, tok, g, ex.prompt, "logprob", ex.target)
+
+
+def test_other_outputs_and_alternatives_match_the_reference():
+    model, tok = tiny_lm("llama", seed=1), decoder_tokenizer(bos=True)
+    got = attattr.attribute(model, tok, PROMPT, target=" Mary", output="logit", **FIXED)
+    check_against_reference(model, tok, got, PROMPT, "logit", " Mary")
+    got = attattr.attribute(model, tok, PROMPT, target=" Mary", output="prob", **FIXED)
+    check_against_reference(model, tok, got, PROMPT, "prob", " Mary")
+    targets, foils = (" Mary", " cat"), (" John", " dog", " a")
+    got = attattr.attribute(model, tok, PROMPT, target=targets, foil=foils, **FIXED)
+    assert got.output == "prob-diff"
+    check_against_reference(model, tok, got, PROMPT, "prob-diff", alternatives=(targets, foils))
+
+
+def test_per_token_attributions_add_up_to_the_continuation():
+    model, tok = tiny_lm("qwen2"), decoder_tokenizer()
+    whole = attattr.attribute(model, tok, "When Mary", target=" and John went", **FIXED)
+    parts = list(
+        attattr.attribute_many(model, tok, ["When Mary"], target=" and John went", per_token=True, **FIXED)
+    )
+    assert [p.decoder["token_index"] for p in parts] == [0, 1, 2]
+    assert [len(p.tokens) for p in parts] == [2, 3, 4]  # prompt + the target tokens before y_t
+    assert sum(p.output_value for p in parts) == pytest.approx(whole.output_value, abs=1e-5)
+    # each part is the next-token log-probability of its token given the tokens before it
+    check_against_reference(model, tok, parts[2], "When Mary and John", "logprob", " went")
+
+
+def test_multi_token_contrast_forces_the_common_prefix():
+    """Target ' Paris is' vs foil ' Paris of': ' Paris' is forced, F compares ' is' with ' of'."""
+    model, tok = tiny_lm("llama"), decoder_tokenizer()
+    got = attattr.attribute(model, tok, "the capital", target=" Paris is", foil=" Paris of", **FIXED)
+    assert got.decoder["forced"]["text"] == " Paris" and got.tokens[-1] == "ĠParis"
+    assert got.decoder["target"]["text"] == " is" and got.decoder["foil"]["text"] == " of"
+    check_against_reference(model, tok, got, "the capital Paris", "logit-diff", " is", " of")
+
+
+def test_logits_are_computed_only_where_f_reads_them():
+    """The LM head never sees all positions: logit-diff multiplies in only two vocabulary columns
+    (the head module is not called while integrating); the top predictions read one position."""
+    model, tok = tiny_lm("llama"), decoder_tokenizer()
+    shapes = []
+    handle = model.lm_head.register_forward_hook(lambda m, a, out: shapes.append(tuple(a[0].shape)))
+    try:
+        attattr.attribute(model, tok, PROMPT, target=" Mary", foil=" John", **FIXED)
+    finally:
+        handle.remove()
+    # [examples, hidden] for the top predictions; [1, 3, hidden]: the once-per-model probes
+    assert (1, 32) in shapes and all(s in ((1, 32), (1, 3, 32)) for s in shapes)
+    hidden = torch.randn(3, 5, 32)
+    columns = torch.randint(0, VOCAB, (3, 5, 2))
+    torch.testing.assert_close(lm_logits(model, hidden, columns), lm_logits(model, hidden).gather(2, columns))
+
+
+def test_gemma2_final_soft_capping_is_applied_to_the_columns_read():
+    model = tiny_lm("gemma2")
+    hidden = torch.randn(2, 4, 32)
+    with torch.no_grad():
+        own = model.lm_head(hidden).float()
+    capped = lm_logits(model, hidden).detach()
+    torch.testing.assert_close(capped, 2.0 * torch.tanh(own / 2.0))
+    assert float(capped.abs().max()) <= 2.0
+
+
+def test_grouped_query_heads_group_by_key_value_head():
+    model, tok = tiny_lm("llama"), decoder_tokenizer()
+    assert key_value_heads(model) == 2
+    got = attattr.attribute(model, tok, "the cat sat on", target=" the", **FIXED)
+    grouped = group_by_key_value(got.scores, 2)  # [layers, kv heads, n, n]: query heads 0+1, 2+3
+    torch.testing.assert_close(grouped[:, 1], got.scores[:, 2] + got.scores[:, 3])
+    with pytest.raises(InputError, match="4 query heads into 3"):
+        group_by_key_value(got.scores, 3)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt-oss"])
+def test_head_gates_act_on_query_heads(family):
+    """Pruning query head 1 of layer 0 (which shares its key/value head with head 0) changes the
+    metric exactly as the reference with that head's probabilities zeroed."""
+    model, tok = tiny_lm(family), decoder_tokenizer(side="left")
+    examples = [
+        PromptExample("a", PROMPTS[0], " Mary", " John"),
+        PromptExample("b", PROMPTS[1], " the", " a"),
+    ]
+    gates = torch.ones(2, 4)
+    gates[0, 1] = 0.0
+    values, correct = predict_prompts(model, tok, examples, head_gates=gates)
+    model.set_attn_implementation("decoder-reference")
+    try:
+        for ex, value, ok in zip(examples, values, correct, strict=True):
+            _REF.update(layer=None, gates=gates, calls=0)
+            n = len(_ids(tok, ex.prompt))
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([_ids(tok, ex.prompt)])).logits[0]
+            t, f = _ids(tok, ex.prompt, ex.target)[n], _ids(tok, ex.prompt, ex.foil)[n]
+            expected = float(logits[n - 1, t] - logits[n - 1, f])
+            assert float(value) == pytest.approx(expected, abs=1e-5)
+            assert bool(ok) == (expected > 0)
+    finally:
+        _REF.update(gates=None)
+        model.set_attn_implementation("eager")
+    ungated, _ = predict_prompts(model, tok, examples)
+    assert not torch.allclose(values, ungated)
+
+
+# ---- encoding --------------------------------------------------------------------------------------
+def test_prompts_keep_a_leading_bos_and_pad_on_the_tokenizers_side():
+    for side in ("left", "right"):
+        tok = decoder_tokenizer(bos=True, side=side)
+        enc, cut = encode_prompts(tok, ["the cat", "a"], [[5], []], max_length=64)
+        assert cut == [False, False] and enc["prompt_length"].tolist() == [3, 2]
+        row = enc["input_ids"][1][enc["attention_mask"][1].bool()].tolist()
+        assert row == tok("a")["input_ids"] and row[0] == 2
+        assert enc["attention_mask"][1].tolist() == ([0, 0, 1, 1] if side == "left" else [1, 1, 0, 0])
+        assert enc["segment_ids"][0][enc["attention_mask"][0].bool()].tolist() == [0, 0, 0, 1]
+
+
+def test_over_long_prompts_are_refused_unless_truncation_is_asked():
+    tok = decoder_tokenizer(bos=True)
+    with pytest.raises(InputError, match="more than the model's context of 4 tokens.*cuts the beginning"):
+        encode_prompts(tok, ["the cat sat on the mat"], max_length=4)
+    enc, cut = encode_prompts(tok, ["the cat sat on the mat"], [[3]], max_length=4, truncate=True)
+    # the BOS stays, the beginning of the text goes, the end (where the model predicts) stays
+    assert cut == [True] and tok.convert_ids_to_tokens(enc["input_ids"][0]) == ["<s>", "Ġthe", "Ġmat", "When"]
+    model = tiny_lm("llama")
+    model.config.max_position_embeddings = 6
+    with pytest.raises(InputError, match="has 14 tokens, more than the model's context of 6"):
+        attattr.attribute(model, decoder_tokenizer(), PROMPT, target=" Mary", foil=" John", **FIXED)
+    got = attattr.attribute(model, decoder_tokenizer(), PROMPT, target=" Mary", truncate=True, **FIXED)
+    assert got.truncated and len(got.tokens) == 6 and got.tokens[-1] == "Ġto"
+
+
+# ---- bad input ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(target=" Mary", foil=" Mary"), "the foil ' Mary' equals the target"),
+        (dict(target=" Paris is", foil=" Paris"), "never differ at one position"),
+        (
+            dict(target=" Mary and John", output="logit"),
+            "'logit' reads one token, and the target ' Mary and John' is 3",
+        ),
+        (dict(target=" Mary", output="logit-diff"), "'logit-diff' needs a foil"),
+        (dict(target=" Mary", foil=" John", output="prob"), "a foil is compared by output 'logit-diff'"),
+        (dict(target=(" Mary", " John and"), foil=(" cat",)), "alternative ' John and' is 2 tokens"),
+        (dict(target=" Mary", foil=" John", per_token=True), "per-token attribution takes a continuation"),
+        (dict(per_token=True), "per-token attribution needs a continuation target"),
+        (dict(target=" Mary", output="energy"), "unknown output 'energy' for a causal language model"),
+        (dict(target=""), "the target is empty"),
+        (dict(target=10_000), "target token id 10000 out of range"),
+    ],
+)
+def test_bad_targets_are_refused(options, message):
+    model, tok = tiny_lm("llama"), decoder_tokenizer()
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        attattr.attribute(model, tok, PROMPT, **FIXED, **options)
+
+
+def test_a_target_that_tokenises_to_nothing_is_refused(tiny_tok):
+    objective = make_objective(None, " ", model=tiny_lm("llama"))
+    item = PromptExample("q", "the cat", " ")
+    with pytest.raises(InputError, match=r"the target ' ' tokenises to nothing \(example q\)"):
+        objective.expand([type("It", (), {"id": "q", "text": item.prompt, "text_pair": None})()], tiny_tok)
+
+
+def test_the_top_prediction_as_foil_is_refused():
+    model, tok = tiny_lm("llama"), decoder_tokenizer()
+    top = attattr.attribute(model, tok, "the cat sat on", **FIXED).decoder["top"][0]["text"]
+    with pytest.raises(InputError, match="is the model's top prediction"):
+        attattr.attribute(model, tok, "the cat sat on", foil=top, **FIXED)
+
+
+def test_empty_prompt_and_classifier_options_are_refused(tiny_tok, make_tiny_model):
+    model, tok = tiny_lm("llama"), decoder_tokenizer()
+    with pytest.raises(InputError, match="text is empty"):
+        attattr.attribute(model, tok, "  ", target=" Mary", **FIXED)
+    classifier = make_tiny_model("bert")
+    with pytest.raises(
+        InputError, match="a foil applies to causal language models only: BertForSequenceClassification"
+    ):
+        attattr.attribute(classifier, tiny_tok, "the cat", foil="dog", **FIXED)
+    with pytest.raises(InputError, match="per-token attribution applies to causal language models only"):
+        attattr.attribute(classifier, tiny_tok, "the cat", per_token=True, **FIXED)
+    with pytest.raises(InputError, match="logit-diff and prob-diff are for causal language models"):
+        attattr.attribute(classifier, tiny_tok, "the cat", output="logit-diff", **FIXED)
+
+
+def test_an_unknown_lm_head_transform_is_refused():
+    model, tok = tiny_lm("llama"), decoder_tokenizer()
+    original = type(model).forward
+
+    def scaled(self, *args, **kwargs):  # a head that does more than the linear layer
+        out = original(self, *args, **kwargs)
+        out.logits = out.logits * 2
+        return out
+
+    model.forward = scaled.__get__(model)
+    with pytest.raises(UnsupportedModelError, match="language-model head computes more than a linear layer"):
+        attattr.attribute(model, tok, PROMPT, target=" Mary", **FIXED)
+
+
+def test_hook_is_removed_and_attention_unchanged_after_a_decoder_attribution():
+    model, tok = tiny_lm("mistral"), decoder_tokenizer()
+    inputs = tok(PROMPT, return_tensors="pt")
+    with torch.no_grad():
+        before = model(**inputs).logits
+    attattr.attribute(model, tok, PROMPT, target=" Mary", foil=" John", **FIXED)
+    with torch.no_grad():
+        after = model(**inputs).logits
+    assert torch.equal(before, after) and model.config._attn_implementation == "eager"
+    with AttentionHook(model, record=True) as hook, torch.no_grad():
+        model(**inputs)
+    assert hook.attentions[0].shape == (1, 4, 14, 14)
