@@ -72,10 +72,6 @@ class Attribution:
     # positions read (the first is the predicting position), the prompt's length, the top next
     # tokens with their probabilities. None for classifiers.
     decoder: dict[str, Any] | None = None
-    # Causal LMs (docs/decoders.md): what F reads -- objective, output, target and foil tokens, the
-    # positions read (the first is the predicting position), the prompt's length, the top next
-    # tokens with their probabilities. None for classifiers.
-    decoder: dict[str, Any] | None = None
     # How each layer was integrated (docs/method.md §1), per layer in `layers`: {"layer", "nodes"
     # (gradient evaluations), "subintervals", "dtype", "error_estimate" (relative; None for a fixed
     # rule, or where the scores are all zero), "converged" (estimate within `tol`; None for a fixed
@@ -347,7 +343,6 @@ _META_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: isinstance(v, dict) and all(_is_str(x) for x in v.values()),
         "an object of strings",
     ),
-    "decoder": (_optional(lambda v: isinstance(v, dict)), "an object or null"),
     "decoder": (_optional(lambda v: isinstance(v, dict)), "an object or null"),
     "tol": (_optional(_is_number), "a number or null"),
     "integration": (
