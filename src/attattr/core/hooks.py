@@ -14,6 +14,10 @@ The hook can also re-select batch rows at a layer's entry (`row_selections`), so
 below a target layer run once per example while the scaled copies exist only from that layer up
 (prefix reuse); `row_origin` then says which example each row inside the model came from.
 
+Families that compute attention inside their own modules (DeBERTa-v2/v3, MPNet) get a replacement
+attention forward from adapters.py for the same block instead; it hands its probabilities to the
+same edits.
+
 The attention function accepts exactly the keyword arguments it implements and refuses any other
 (a T5-style `position_bias`, ...) with UnsupportedModelError: an argument silently ignored would give
 wrong numbers. Implemented exactly as transformers' eager code computes them (docs/decoders.md):
