@@ -275,3 +275,41 @@ def test_size_is_about_four_bytes_per_entry():
     page = render_report(attribution=a, tree=False)
     # two float16 tensors in base64: 2 * 2 * 4/3 bytes per entry, plus a fixed overhead (CSS, JS, tables)
     assert 2 * 2 * 4 / 3 * entries < len(page) < 2 * 2 * 4 / 3 * entries + 60_000
+
+
+def test_modules_by_job_share_only_public_names():
+    """The report is split into page / payload / markup; no module reaches into another's private
+    names (in render/ and cli/), and the package re-exports the public ones."""
+    import ast
+
+    import attattr.render.report as report
+    from attattr.render.report import markup, page, payload
+
+    assert report.write_report is page.write_report and report.encode_heads is payload.encode_heads
+    assert report.Section is page.Section and report.IMAGE_TYPES is markup.IMAGE_TYPES
+    root = Path(report.__file__).parents[2]  # src/attattr
+    crossing = []
+    for folder in ("render", "cli"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and (
+                    node.level or (node.module or "").startswith("attattr")
+                ):
+                    crossing += [
+                        f"{path.relative_to(root)}:{node.lineno} {a.name}"
+                        for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")
+                    ]
+    assert not crossing
+
+
+def test_write_report_is_atomic_and_follows_the_umask(tmp_path):
+    import os
+
+    mask = os.umask(0o077)
+    try:
+        path = write_report(tmp_path / "r", sections=[Section("x", "text")])
+    finally:
+        os.umask(mask)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+    assert [p.name for p in path.parent.iterdir()] == [REPORT_FILE]  # no temporary file left

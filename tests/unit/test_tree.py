@@ -465,3 +465,16 @@ def test_drawing_writes_png_and_svg(tmp_path):
     draw_tree(attr.tree(1.0), tmp_path / "empty")
     assert (tmp_path / "empty.png").stat().st_size > 5_000
     assert math.isfinite(tree.edges[0].score)
+
+
+def test_tree_title_names_the_prediction_or_the_target():
+    from attattr.analyses.tree.build import tree_title
+
+    attr = make_attribution(["[CLS]", "the", "cat", "sat", "[SEP]"], [0] * 5, seed=3)
+    tree = attr.tree(0.3)
+    assert tree_title(tree) == "prediction: positive (p = 0.830)"
+    tree.predicted_label = "negative"  # the attributed class is not the predicted one
+    assert tree_title(tree) == "target: positive (p = 0.830); predicted: negative"
+    assert f'label="{tree_title(tree)}"' in tree.to_dot()
+    tree.label = None
+    assert tree_title(tree) == ""
