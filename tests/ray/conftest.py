@@ -64,8 +64,8 @@ def processes() -> dict[int, tuple[int, str]]:
 
 
 def family(roots: set[int], table: dict[int, tuple[int, str]]) -> set[int]:
-    """roots and all their descendants."""
-    found = set(roots)
+    """Those of `roots` still running and all their descendants."""
+    found = {pid for pid in roots if pid in table}
     grew = True
     while grew:
         grew = False
@@ -118,6 +118,23 @@ def not_loopback(pids: set[int]) -> list[str]:
                 bad.append(line)
                 break
     return bad
+
+
+IPV4 = re.compile(r"(?<![\d.])(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})(?![\d.])")
+
+
+def addresses_in_logs(session_dir: Path) -> dict[str, str]:
+    """IPv4 addresses other than loopback (and 0.0.0.0) named in a Ray session's log files, with
+    the first file naming each: Ray's C++ processes are not audited, but they log where they connect."""
+    found: dict[str, str] = {}
+    for path in Path(session_dir).glob("logs/**/*"):
+        if not path.is_file():
+            continue
+        for match in IPV4.findall(path.read_text(errors="replace")):
+            parts = [int(p) for p in match.split(".")]
+            if max(parts) <= 255 and parts[0] != 127 and match != "0.0.0.0":
+                found.setdefault(match, path.name)
+    return found
 
 
 @dataclass

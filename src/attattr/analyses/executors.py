@@ -31,6 +31,8 @@ import ipaddress
 import os
 import secrets
 import socket
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -134,6 +136,7 @@ class Connection:
     started_here: bool  # `local`: this process started the cluster (and stops it)
     connected_here: bool  # False when Ray was already initialised by the caller
     saved_env: dict[str, str | None] = field(default_factory=dict)
+    saved_cluster_flag: bool | None = None
 
     def close(self) -> None:
         ray = import_ray()
@@ -144,7 +147,34 @@ class Connection:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        if self.saved_env:
+            _reload_ray_settings()
         self.saved_env = {}
+        if self.saved_cluster_flag is not None:
+            _set_cluster_flag(self.saved_cluster_flag)
+            self.saved_cluster_flag = None
+
+
+def _set_cluster_flag(value: bool) -> bool:
+    """Set Ray's ENABLE_RAY_CLUSTER in this process; returns the old value.
+
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps Ray on loopback, but Ray reads it once, when it is
+    imported; a process that imported Ray before (the CLI checks the extra first) would still turn
+    127.0.0.1 into the interface address when it connects, so the flag itself is set too."""
+    from ray._private import ray_constants
+
+    old = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = value
+    return old
+
+
+def _reload_ray_settings() -> None:
+    """Make this process see the RAY_* settings of its environment now (token authentication among
+    them): Ray reads them when it is imported, which may have been before they were set."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def connect(
@@ -153,9 +183,16 @@ def connect(
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     timeout: float = CONNECT_TIMEOUT,
+    exit_after: float | None = None,
 ) -> Connection:
     """Attach this process to Ray. `address` None: use the connection the caller already made.
-    "local": start a cluster on this machine (num_cpus / num_gpus: its size; default: all)."""
+    "local": start a cluster on this machine (num_cpus / num_gpus: its size; default: all); it and
+    a head on a loopback address keep this process and the cluster on 127.0.0.1.
+
+    exit_after: for the command line: if Ray has neither connected nor failed after this many
+    seconds (it retries for minutes where a head answers but cannot be joined), print one line and
+    end the process with exit code 2."""
+    target = parse_address(address) if address is not None else None
     ray = import_ray()
     if address is None:
         if not ray.is_initialized():
@@ -163,12 +200,11 @@ def connect(
         return Connection("existing", started_here=False, connected_here=False)
     if ray.is_initialized():
         raise InputError("Ray is already initialised in this process; pass address=None to use it")
-    target = parse_address(address)
-    saved: dict[str, str | None] = {}
+    conn = Connection(address, started_here=False, connected_here=False)
 
     def set_env(values: dict[str, str]) -> None:
         for key, value in values.items():
-            saved.setdefault(key, os.environ.get(key))
+            conn.saved_env.setdefault(key, os.environ.get(key))
             os.environ[key] = value
 
     kwargs: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": False}
@@ -178,6 +214,7 @@ def connect(
         set_env(LOCAL_ENV)
         if "RAY_AUTH_TOKEN" not in os.environ:
             set_env({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)})
+        conn.saved_cluster_flag = _set_cluster_flag(False)
         kwargs.update(
             address="local",
             _node_ip_address="127.0.0.1",
@@ -189,19 +226,37 @@ def connect(
         if target is not None:
             check_head(*target, timeout=timeout)
             if is_loopback(target[0]):
-                # a head on loopback: this driver listens on loopback too, not on the interface address
+                # a head on loopback: this driver listens and connects on loopback too
                 set_env({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+                conn.saved_cluster_flag = _set_cluster_flag(False)
                 kwargs["_node_ip_address"] = "127.0.0.1"
         kwargs["address"] = address
+    _reload_ray_settings()
+    watchdog = None
+    if exit_after is not None:
+        watchdog = threading.Timer(exit_after, _give_up, args=(address, exit_after))
+        watchdog.daemon = True
+        watchdog.start()
     try:
         ray.init(**kwargs)
     except Exception as exc:  # ConnectionError, RuntimeError (version mismatch), AuthenticationError...
-        Connection(address, False, False, saved).close()
+        conn.close()
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if address == "local":
             raise InputError(f"cannot start a local Ray cluster: {line}") from None
         raise InputError(f"cannot connect to the Ray cluster at {address}: {line}") from None
-    return Connection(address, started_here=address == "local", connected_here=True, saved_env=saved)
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+    conn.started_here, conn.connected_here = address == "local", True
+    return conn
+
+
+def _give_up(address: str, seconds: float) -> None:
+    what = "start a local Ray cluster" if address == "local" else f"connect to the Ray cluster at {address}"
+    sys.stderr.write(f"error: could not {what} within {seconds:g} s\n")
+    sys.stderr.flush()
+    os._exit(2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,6 +358,8 @@ class RayExecutor:
     ship_model: send the driver's model through the object store instead of loading `model_source`.
     imports: modules each worker imports first (for shard functions registered outside attattr).
     connect_timeout: seconds an address may take to answer as a Ray head.
+    start_timeout: seconds the first worker may take to start and load the model.
+    exit_after: see `connect` (the command line's bound on joining a cluster).
     """
 
     def __init__(
@@ -316,6 +373,7 @@ class RayExecutor:
         imports: Sequence[str] = (),
         connect_timeout: float = CONNECT_TIMEOUT,
         start_timeout: float = START_TIMEOUT,
+        exit_after: float | None = None,
     ):
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise InputError(f"--workers must be an integer >= 1, got {workers!r}")
@@ -333,6 +391,7 @@ class RayExecutor:
         self.imports = tuple(imports)
         self.connect_timeout = connect_timeout
         self.start_timeout = start_timeout
+        self.exit_after = exit_after
         self.stats = RayStats()
         self._connection: Connection | None = None
         self._remote = None  # the ShardWorker actor class with this executor's resources
@@ -356,7 +415,11 @@ class RayExecutor:
             if self.address == "local" and self.workers is not None and self.gpus_per_worker:
                 num_gpus = int(-(-self.workers * self.gpus_per_worker // 1))
             self._connection = connect(
-                self.address, num_cpus=num_cpus, num_gpus=num_gpus, timeout=self.connect_timeout
+                self.address,
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                timeout=self.connect_timeout,
+                exit_after=self.exit_after,
             )
         return self
 

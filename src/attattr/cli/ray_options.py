@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from ..analyses.executors import RayExecutor
 
 PANEL = "Ray cluster"
+# The command gives up (one line, exit 2) when Ray has neither joined the cluster nor failed by then.
+JOIN_TIMEOUT = {"local": 180.0, "address": 60.0}
 
 RayOpt = Annotated[
     str | None,
@@ -35,7 +37,7 @@ RayOpt = Annotated[
         help=(
             "Run the examples on a Ray cluster: its head's host:port, 'auto' (the cluster this machine "
             "belongs to) or 'local' (start one on this machine). Needs attattr[ray]. An address that "
-            "does not answer fails within 15 s."
+            "does not answer as a Ray head fails within 15 s; joining gives up after 60 s."
         ),
         rich_help_panel=PANEL,
     ),
@@ -120,6 +122,7 @@ def executor_from_options(
         cpus_per_worker=cpus_per_worker,
         gpus_per_worker=gpus_per_worker,
         ship_model=ship_model,
+        exit_after=JOIN_TIMEOUT["local" if ray == "local" else "address"],
     )
     with executor:
         yield executor
