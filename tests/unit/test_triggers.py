@@ -553,7 +553,9 @@ def test_cli_mine_and_attack(tok, model, tmp_path, monkeypatch, capsys):
     assert (summary["considered"], summary["skipped_short"], summary["patterns"]) == (6, 2, 4)
     loaded = T.load_patterns(patterns, model_id=str(model_dir.resolve()), tokenizer=tok)
     assert len(loaded.patterns) == 4 and loaded.header["settings"]["steps"] == 3
-    assert (tmp_path / "p.jsonl.run.jsonl").exists()
+    runs = list((tmp_path / "runs").glob("triggers-mine-*.jsonl"))
+    assert len(runs) == 1 and len(runs[0].read_text().splitlines()) == 1 + 6
+    assert not (tmp_path / "p.jsonl.run.jsonl").exists()
 
     attack_dir = tmp_path / "attack"
     code, out, err = _cli(
@@ -762,3 +764,108 @@ def test_mining_appends_each_finished_shard(tok, model, tmp_path):
     again = T.mine_patterns(model, tok, data, examples=6, min_tokens=0, steps=3, batch_size=2, store=run)
     assert len(run.read_text().splitlines()) == 1 + 6
     assert [p.to_dict() for p in again.patterns] == [p.to_dict() for p in full.patterns]
+
+
+# ---- the command line: settings-named run files, --fresh, older run files, data columns -------
+def _mine_args(model_dir, data, out, *extra):
+    return [
+        "triggers", "mine", "--model", model_dir, "--data", data, "--examples", 6, "--min-tokens", 0,
+        "--order", "first", "--steps", 2, "--batch-size", 2, "--out", out, "--json", *extra,
+    ]  # fmt: skip
+
+
+def _run_files(folder):
+    return sorted((folder / "runs").glob("triggers-mine-*.jsonl"))
+
+
+def test_cli_mine_runs_named_by_settings_and_fresh(cli_setup, tmp_path, run_cli):
+    model_dir, _, _ = cli_setup
+    data = _csv(tmp_path / "d.csv", [(t, i % 2) for i, t in enumerate(SENTENCES)])
+    out = tmp_path / "p.jsonl"
+    code, first, err = run_cli(*_mine_args(model_dir, data, out))
+    assert code == 0, err
+    code, _, err = run_cli(*_mine_args(model_dir, data, out, "--steps", 3))  # other settings: no refusal
+    assert code == 0, err
+    files = _run_files(tmp_path)
+    assert len(files) == 2
+    assert {json.loads(f.read_text().splitlines()[0])["settings"]["steps"] for f in files} == {2, 3}
+    # resumed: stored records are used as they are (an edited score shows that nothing was recomputed)
+    path = next(f for f in files if json.loads(f.read_text().splitlines()[0])["settings"]["steps"] == 2)
+    before = path.read_text()
+    header, *records = before.splitlines()
+    edited = [json.loads(x) for x in records]
+    target = next(r for r in edited if r["pattern"])
+    target["pattern"]["pairs"][0]["score"] += 123.0  # a pattern's score is the sum of its pairs'
+    path.write_text("\n".join([header, *map(json.dumps, edited)]) + "\n")
+    code, out_json, err = run_cli(*_mine_args(model_dir, data, out))
+    assert code == 0, err
+    assert json.loads(out_json)["top"][0]["example_id"] == target["id"]
+    assert json.loads(out_json)["top"][0]["score"] > 123.0
+    code, out_json, err = run_cli(*_mine_args(model_dir, data, out, "--fresh"))
+    assert code == 0, err
+    assert path.read_text() == before and json.loads(out_json) == json.loads(first)
+    # a "runs" file where the run folder goes: refused before any work
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "runs").write_text("x")
+    code, _, err = run_cli(*_mine_args(tmp_path / "no-model", data, other / "p.jsonl"))
+    assert code == 2 and _one_line(err) == f"error: the run folder {other / 'runs'} is a file, not a folder"
+
+
+def test_cli_mine_resumes_an_older_run_file(cli_setup, tmp_path, run_cli):
+    """A run file of earlier versions (<out>.run.jsonl, header without a kind) is continued when its
+    settings match; one with other settings is left alone."""
+    model_dir, _, _ = cli_setup
+    data = _csv(tmp_path / "d.csv", [(t, i % 2) for i, t in enumerate(SENTENCES)])
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    code, expected, err = run_cli(*_mine_args(model_dir, data, whole / "p.jsonl"))
+    assert code == 0, err
+    header, *records = _run_files(whole)[0].read_text().splitlines()
+    old_header = {k: v for k, v in json.loads(header).items() if k != "kind"}
+    kept = [json.loads(x) for x in records[:3]]
+    for r in kept:
+        if r["pattern"]:
+            r["pattern"]["pairs"][0]["score"] += 100.0  # marks the records that came from the old file
+    out = tmp_path / "p.jsonl"
+    old = tmp_path / "p.jsonl.run.jsonl"
+    old.write_text("\n".join(json.dumps(x) for x in [old_header, *kept]) + "\n")
+    code, resumed, err = run_cli(*_mine_args(model_dir, data, out))
+    assert code == 0, err
+    assert len(old.read_text().splitlines()) == 1 + 6 and _run_files(tmp_path) == []
+    marked = {r["id"] for r in kept if r["pattern"]}
+    top = {p["example_id"]: p["score"] for p in json.loads(resumed)["top"]}
+    want = {p["example_id"]: p["score"] for p in json.loads(expected)["top"]}
+    assert marked and top == pytest.approx({i: s + 100.0 if i in marked else s for i, s in want.items()})
+    # other settings: the old file is not this run's; a settings-named file is started
+    code, _, err = run_cli(*_mine_args(model_dir, data, out, "--steps", 3))
+    assert code == 0, err
+    assert len(_run_files(tmp_path)) == 1
+    assert len(old.read_text().splitlines()) == 1 + 6
+
+
+def test_cli_triggers_data_columns(cli_setup, tmp_path, run_cli):
+    model_dir, patterns, _ = cli_setup
+    plain = _csv(tmp_path / "plain.csv", [(t, i % 2) for i, t in enumerate(SENTENCES)])
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text("review,gold\n" + "".join(f'"{t}",{i % 2}\n' for i, t in enumerate(SENTENCES)))
+    code, expected, err = run_cli(*_mine_args(model_dir, plain, tmp_path / "a" / "p.jsonl"))
+    assert code == 0, err
+    columns = ["--text-column", "review", "--label-column", "gold"]
+    code, got, err = run_cli(*_mine_args(model_dir, renamed, tmp_path / "b" / "p.jsonl", *columns))
+    assert code == 0, err
+    assert json.loads(got)["top"] == json.loads(expected)["top"]
+    settings = json.loads(_run_files(tmp_path / "b")[0].read_text().splitlines()[0])["settings"]
+    assert (settings["text_column"], settings["label_column"]) == ("review", "gold")
+    code, _, err = run_cli(*_mine_args(model_dir, renamed, tmp_path / "c" / "p.jsonl"))
+    assert code == 2 and "has no text column 'text'" in _one_line(err)
+    attack = ["triggers", "attack", "--model", model_dir, "--patterns", patterns, "--top", 1]
+    attack += ["--min-score", 0, "--seeds", 1, "--json"]
+    code, a, err = run_cli(*attack, "--data", plain, "--out", tmp_path / "x")
+    assert code == 0, err
+    code, b, err = run_cli(*attack, "--data", renamed, *columns, "--out", tmp_path / "y")
+    assert code == 0, err
+    assert (
+        json.loads(a)["before"] == json.loads(b)["before"]
+        and json.loads(a)["results"] == json.loads(b)["results"]
+    )

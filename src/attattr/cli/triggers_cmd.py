@@ -35,20 +35,36 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Recipe name, local
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="Built-in dataset name or a CSV/TSV/JSONL file.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 PairOpt = Annotated[str | None, typer.Option("--pair-column", help="Second-text column (sentence pairs).")]
+TextOpt = Annotated[str, typer.Option("--text-column", help="Text column of a data file.")]
+LabelOpt = Annotated[str, typer.Option("--label-column", help="Gold-label column of a data file.")]
 
 
 def _load(
-    model: str, data: str, split: str, pair_column: str | None, quiet: bool, *, first: int | None = None
+    model: str,
+    data: str,
+    split: str,
+    columns: dict[str, str | None],
+    quiet: bool,
+    *,
+    first: int | None = None,
 ):
     from .. import data as data_mod
     from .. import models
 
     loaded = models.load(model, quiet=quiet)
-    kwargs = {"limit": first}
-    if pair_column:
-        kwargs["pair_column"] = pair_column
-    dataset = data_mod.load_dataset(data, split, **kwargs)
+    dataset = data_mod.load_dataset(data, split, limit=first, **columns)
     return loaded, dataset
+
+
+def _columns(text_column: str, pair_column: str | None, label_column: str) -> dict[str, str | None]:
+    return {"text_column": text_column, "pair_column": pair_column, "label_column": label_column}
+
+
+def _column_settings(columns: dict[str, str | None]) -> dict[str, str]:
+    """The columns a mining run records: only those not left at their defaults, so that an
+    identical run of an earlier version (which recorded none) keeps its settings."""
+    defaults = _columns("text", None, "label")
+    return {k: v for k, v in columns.items() if v != defaults[k] and v is not None}
 
 
 def _at_least(option: str, value: int | None, low: int) -> None:
@@ -78,8 +94,13 @@ def mine(
     ] = "random",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random sample.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per attribution batch.")] = 8,
+    text_column: TextOpt = "text",
     pair_column: PairOpt = None,
+    label_column: LabelOpt = "label",
     show: Annotated[int, typer.Option("--show", help="Patterns to print.")] = 10,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Start over instead of resuming an identical earlier run.")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Mine one attribution pattern per example and rank them (resumable).
@@ -88,8 +109,9 @@ def mine(
     --examples 500 --out patterns.jsonl
 
     By default a seeded random sample of the split is mined (--order first: its first N examples;
-    the built-in splits keep their source order, positives before negatives). The run resumes from
-    `<out>.run.jsonl` when interrupted (same settings only).
+    the built-in splits keep their source order, positives before negatives). Each finished example
+    goes to the run file runs/triggers-mine-<settings hash>.jsonl next to --out as soon as its batch
+    is done; an interrupted run started again with the same settings resumes (--fresh: start over).
     """
     from ..analyses.runs import check_output_folder
     from ..analyses.triggers import ORDERS, mine_patterns, write_patterns
@@ -107,8 +129,10 @@ def mine(
     if out.is_dir():
         raise InputError(f"--out {out} is a folder; give the patterns file to write")
     check_output_folder(out.parent, what="the folder of --out")
+    runs_dir = check_output_folder(out.parent / "runs", what="the run folder")
+    columns = _columns(text_column, pair_column, label_column)
     loaded, dataset = _load(
-        model, data, split, pair_column, quiet=json_out, first=examples if order == "first" else None
+        model, data, split, columns, quiet=json_out, first=examples if order == "first" else None
     )
     with progress_bar("mining patterns", min(examples, len(dataset)), quiet=json_out) as advance:
         result = mine_patterns(
@@ -122,7 +146,10 @@ def mine(
             order=order,
             seed=seed,
             batch_size=batch_size,
-            store=_run_path(out),
+            runs_dir=runs_dir,
+            fresh=fresh,
+            resume_from=_old_run_path(out),
+            settings=_column_settings(columns),
             progress=advance,
             model_id=loaded.model_id,
             label_names=loaded.label_names,
@@ -174,7 +201,9 @@ def attack_cmd(
     allow_other_model: Annotated[
         bool, typer.Option("--allow-other-model", help="Use patterns mined with another model (warns).")
     ] = False,
+    text_column: TextOpt = "text",
     pair_column: PairOpt = None,
+    label_column: LabelOpt = "label",
     json_out: JsonOpt = False,
 ) -> None:
     """Insert the best patterns' triggers into every evaluation example; compare accuracy per class
@@ -201,7 +230,8 @@ def attack_cmd(
     check_output_folder(out)
     if not patterns.is_file():
         raise InputError(f"patterns file not found: {patterns}")
-    loaded, dataset = _load(model, data, split, pair_column, quiet=json_out)
+    columns = _columns(text_column, pair_column, label_column)
+    loaded, dataset = _load(model, data, split, columns, quiet=json_out)
     if limit is not None:  # a seeded sample, not the first N: built-in splits are ordered by label
         dataset = replace(dataset, examples=[dataset[i] for i in sample_indices(len(dataset), limit)])
     with warnings.catch_warnings(record=True) as caught:
@@ -273,5 +303,6 @@ def attack_cmd(
     console.print(f"wrote {', '.join(str(f) for f in [*written, *figures])}")
 
 
-def _run_path(out: Path) -> Path:
+def _old_run_path(out: Path) -> Path:
+    """Where earlier versions kept the run of `--out` (still resumed when its settings match)."""
     return out.with_name(out.name + ".run.jsonl")

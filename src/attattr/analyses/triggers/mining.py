@@ -3,17 +3,30 @@ one dataset runner (`attattr.analyses.runs`, job kind "triggers.mine")."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ...core.encoding import token_count
 from ...core.errors import DataError, InputError
-from ..runs import Executor, Job, MemoryStore, RunExample, RunStore, as_examples, register_shard_function, run
+from ..runs import (
+    FORMAT,
+    Executor,
+    Job,
+    MemoryStore,
+    RunExample,
+    as_examples,
+    open_store,
+    register_shard_function,
+    run,
+    run_file,
+)
 from .attack import match_labels
 from .patterns import Pattern, mine_pattern, rank_patterns
 
@@ -23,6 +36,7 @@ if TYPE_CHECKING:
 MIN_TOKENS = 15  # inputs shorter than this (special tokens included) are skipped when mining
 ORDERS = ("random", "first")  # which examples are mined: a seeded sample, or the first N
 MINE_KIND = "triggers.mine"  # the dataset runner's job kind (a registered shard function)
+RUN_NAME = "triggers-mine"  # run files: <runs_dir>/triggers-mine-<settings hash>.jsonl
 
 
 @dataclass
@@ -77,6 +91,10 @@ def mine_patterns(
     seed: int = 0,
     batch_size: int = 8,
     store: MemoryStore | str | os.PathLike | None = None,
+    runs_dir: str | os.PathLike | None = None,
+    fresh: bool = False,
+    resume_from: str | os.PathLike | None = None,
+    settings: dict[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
     model_id: str | None = None,
     label_names: list[str] | None = None,
@@ -93,10 +111,16 @@ def mine_patterns(
 
     The examples run through the dataset runner (`attattr.analyses.runs`) as the job
     "triggers.mine": shards of up to `batch_size` examples of similar length, each shard's records
-    appended to `store` as soon as it is done. `store`: a `RunStore` (or a path for one) that makes
-    the run resumable: finished examples are read back, not computed again. `progress(n)` is called
-    as examples finish (skipped ones included). With the model's `label_names`, a
-    `data.Dataset`'s gold labels are checked against them (`attack.match_labels`).
+    appended to the run's store as soon as it is done. Where records go and resume from:
+    `store`, a `RunStore` or a path for one; or `runs_dir`, a folder where the run file is named by
+    the settings (`triggers-mine-<hash>.jsonl`, so runs with other settings sit side by side);
+    neither: memory (not resumable). Finished examples are read back, not computed again;
+    `fresh=True` starts over. `resume_from`: an older run file (the `<patterns>.run.jsonl` of
+    earlier versions) that is continued instead when its settings are this run's and the
+    settings-named file does not exist yet. `settings`: extra settings recorded with the run (data
+    columns, ...). `progress(n)` is called as examples finish (skipped ones included). With the
+    model's `label_names`, a `data.Dataset`'s gold labels are checked against them
+    (`attack.match_labels`).
     """
     if examples < 1:
         raise InputError(f"examples must be >= 1, got {examples}")
@@ -107,7 +131,7 @@ def mine_patterns(
     if len(dataset) == 0:
         raise DataError("the dataset has no examples to mine")
     model_id = model_id or _model_id(model)
-    settings = mining_settings(
+    run_settings = mining_settings(
         model,
         tokenizer,
         dataset,
@@ -120,12 +144,12 @@ def mine_patterns(
         model_id=model_id,
     )
     if dtype is not None:  # bf16 changes the numbers; the default keeps the settings of older runs
-        settings["dtype"] = str(dtype).removeprefix("torch.")
+        run_settings["dtype"] = str(dtype).removeprefix("torch.")
+    run_settings.update(settings or {})
     dataset = match_labels(dataset, label_names, int(model.config.num_labels))
     names = label_names or getattr(dataset, "label_names", None)
-    job = Job(MINE_KIND, settings, options={"label_names": list(names) if names else None})
-    if store is not None and not isinstance(store, MemoryStore):
-        store = RunStore(store, job)
+    job = Job(MINE_KIND, run_settings, options={"label_names": list(names) if names else None})
+    store = mining_store(job, store=store, runs_dir=runs_dir, fresh=fresh, resume_from=resume_from)
     items = as_examples(dataset)
     chosen = [items[i] for i in sample_indices(len(items), examples, order=order, seed=seed)]
     records = run(
@@ -187,6 +211,45 @@ def mine_shard(
                 "pattern": pattern.to_dict() if pattern else None,
             }
     return [records[ex.id] for ex in examples]
+
+
+def mining_store(
+    job: Job,
+    *,
+    store: MemoryStore | str | os.PathLike | None = None,
+    runs_dir: str | os.PathLike | None = None,
+    fresh: bool = False,
+    resume_from: str | os.PathLike | None = None,
+) -> MemoryStore:
+    """The store of a mining run: `store` itself, a run file at the path `store`, the settings-named
+    file in `runs_dir` (or `resume_from` where that older file holds this very run and the
+    settings-named one does not exist), or memory."""
+    if isinstance(store, MemoryStore):
+        return store
+    if store is not None:
+        return open_store(job, path=Path(store), fresh=fresh)
+    if runs_dir is None:
+        return open_store(job)
+    path = run_file(runs_dir, RUN_NAME, job)
+    if not fresh and not path.exists() and resume_from is not None and _holds_run(Path(resume_from), job):
+        path = Path(resume_from)
+    return open_store(job, path=path, fresh=fresh)
+
+
+def _holds_run(path: Path, job: Job) -> bool:
+    """Whether the run file `path` was written by a run of `job` (its header's kind and settings);
+    an unreadable or foreign file is simply not this run's."""
+    try:
+        with open(path, "rb") as f:
+            header = json.loads(f.readline())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(header, dict)
+        and header.get("format") == FORMAT
+        and header.get("kind") in (None, job.kind)
+        and header.get("settings") == job.settings
+    )
 
 
 def sample_indices(size: int, examples: int, *, order: str = "random", seed: int = 0) -> list[int]:
