@@ -13,6 +13,8 @@ grouped-query attention where the family has it. Tiny random models: 2 layers, h
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import transformers as tf
@@ -30,7 +32,7 @@ from attattr.prompts import PromptExample
 
 WORDS = (
     "When Mary and John went to the store , John gave a drink to cat dog sat on mat . the a "
-    "book Paris is capital of France"
+    "book Paris is capital of France film was good plot not bad but this movie very dull"
 ).split()
 
 
@@ -494,3 +496,118 @@ def test_hook_is_removed_and_attention_unchanged_after_a_decoder_attribution():
     with AttentionHook(model, record=True) as hook, torch.no_grad():
         model(**inputs)
     assert hook.attentions[0].shape == (1, 4, 14, 14)
+
+
+# ---- command line ---------------------------------------------------------------------------------
+@pytest.fixture
+def lm_dir(tmp_path):
+    """A tiny Llama causal LM with its tokenizer, saved as a model directory."""
+    path = tmp_path / "tiny-llama"
+    model = tiny_lm("llama")
+    model.config.architectures = ["LlamaForCausalLM"]
+    model.save_pretrained(path)
+    decoder_tokenizer().save_pretrained(path)
+    return path
+
+
+def test_explain_prints_the_top_next_tokens_heads_and_connections(lm_dir, tmp_path, run_cli):
+    out = tmp_path / "out"
+    args = ["explain", PROMPT, "--model", lm_dir, "--target", " Mary", "--foil", " John"]
+    code, stdout, err = run_cli(*args, "--steps", "2", "--rule", "gauss-legendre", "--out", out)
+    assert code == 0, err
+    assert "top next tokens after 'Ġto' (#13)" in stdout
+    assert "F = logit(' Mary') - logit(' John') at position 13 ('Ġto')" in stdout
+    assert "top heads" in stdout and "top connections" in stdout
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["output"] == "logit-diff" and meta["decoder"]["target"]["text"] == " Mary"
+    page = (out / "report.html").read_text()
+    assert "Prompt and prediction" in page and "next token after <code>Ġto</code> (#13)" in page
+    saved = attattr.Attribution.load(out)
+    assert saved.decoder == meta["decoder"] and saved.tree().root == 13
+
+
+def test_explain_per_token_writes_one_folder_per_target_token(lm_dir, tmp_path, run_cli):
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(
+        "explain",
+        "When Mary",
+        "--model",
+        lm_dir,
+        "--target",
+        " and John",
+        "--per-token",
+        "--steps",
+        "1",
+        "--rule",
+        "gauss-legendre",
+        "--out",
+        out,
+        "--json",
+    )
+    assert code == 0, err
+    parts = json.loads(stdout)["per_token"]
+    assert [p["decoder"]["token_index"] for p in parts] == [0, 1]
+    assert (out / "token-01" / "report.html").is_file() and (out / "token-02" / "meta.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", " Mary", "--foil", " Mary"], "the foil ' Mary' equals the target"),
+        (["--target", " Mary", "--foil", ""], "the foil is empty"),
+        (["--target", ""], "the target is empty"),
+        (["--target", " Mary", "--label", "1"], "--label applies to classifiers"),
+        (["--pair", "the cat"], "reads one prompt, not a text pair"),
+    ],
+)
+def test_explain_refuses_bad_decoder_input_in_one_line(lm_dir, tmp_path, run_cli, args, message):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier results")
+    code, stdout, err = run_cli("explain", PROMPT, "--model", lm_dir, *args, "--steps", "1", "--out", out)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_explain_refuses_decoder_options_on_a_classifier(save_tiny_model, tmp_path, run_cli):
+    model = save_tiny_model(tmp_path / "clf")
+    for option in (["--foil", "dog"], ["--per-token"]):
+        code, _, err = run_cli("explain", "the cat", "--model", model, *option, "--steps", "1")
+        assert code == 2 and "applies to causal language models" in err and "is a classifier" in err
+
+
+def test_explain_refuses_an_over_long_prompt_and_cuts_its_beginning_when_asked(lm_dir, run_cli):
+    config = json.loads((lm_dir / "config.json").read_text())
+    config["max_position_embeddings"] = 8
+    (lm_dir / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli("explain", PROMPT, "--model", lm_dir, "--target", " Mary", "--steps", "1")
+    assert code == 2 and "more than the model's context of 8 tokens" in err
+    code, stdout, err = run_cli(
+        "explain", PROMPT, "--model", lm_dir, "--target", " Mary", "--steps", "1", "--truncate", "--json"
+    )
+    assert code == 0 and "beginning of the prompt was cut" in err
+    assert json.loads(stdout)["tokens"][-1] == "Ġto"
+
+
+def test_tree_of_a_decoder_is_rooted_at_the_predicting_position(lm_dir, run_cli):
+    code, stdout, err = run_cli(
+        "tree",
+        PROMPT,
+        "--model",
+        lm_dir,
+        "--target",
+        " Mary",
+        "--foil",
+        " John",
+        "--steps",
+        "2",
+        "--rule",
+        "gauss-legendre",
+        "--threshold",
+        "0.3",
+        "--json",
+    )
+    assert code == 0, err
+    tree = json.loads(stdout)
+    assert tree["root"] == 13 and tree["nodes"][0]["token"] == "Ġto"
+    assert all(e["child"] <= e["parent"] for e in tree["edges"])  # information flows forward only

@@ -9,11 +9,15 @@ import typer
 from rich.table import Table
 
 from ..core.errors import InputError
-from ..core.quadrature import DEFAULT_RULE, DEFAULT_STEPS, RULES
+from ..core.quadrature import DEFAULT_MAX_SUBINTERVALS, DEFAULT_STEPS, DEFAULT_TOL, PRESETS, RULES
 from .app import app
 from .common import check_out_dir, check_text, console, err_console, print_json, warn
 
 EXAMPLE = 'attattr explain "a gorgeous, witty and deeply moving film" --out out/'
+LLM_EXAMPLE = (
+    'attattr explain --model smollm2 "When Mary and John went to the store, John gave a drink to" '
+    '--target " Mary" --foil " John" --out out/'
+)
 
 
 def parse_target(target: str, label_names: list[str] | None) -> str | int:
@@ -30,9 +34,9 @@ def parse_target(target: str, label_names: list[str] | None) -> str | int:
     )
 
 
-def parse_steps(steps: str) -> int | str:
-    if steps == "auto":
-        return "auto"
+def parse_steps(steps: str | None) -> int | str | None:
+    if steps is None or steps == "auto":
+        return steps
     try:
         value = int(steps)
     except ValueError:
@@ -43,7 +47,8 @@ def parse_steps(steps: str) -> int | str:
 
 
 @app.command(
-    help=f"Attribute one input (or a sentence pair) to attention heads and connections.\n\nExample:  {EXAMPLE}"
+    help="Attribute one input (or a sentence pair), or a causal LM's prediction, to attention heads and "
+    f"connections.\n\nExample:  {EXAMPLE}\n\nExample:  {LLM_EXAMPLE}"
 )
 def explain(
     text: str = typer.Argument(..., help="The input text."),
@@ -55,28 +60,77 @@ def explain(
         None, "--tokenizer", help="The model's tokenizer, where its directory has none (directory or recipe)."
     ),
     target: str = typer.Option(
-        "predicted", help="'predicted', 'gold' (needs --label), a class index or label name."
+        "predicted",
+        help="Classifiers: 'predicted', 'gold' (needs --label), a class index or label name. Causal LMs: "
+        "'predicted' (the top next token) or a continuation text, e.g. ' Paris' (mind the leading space).",
+    ),
+    foil: str | None = typer.Option(
+        None,
+        "--foil",
+        help="Causal LMs: contrast the target with this continuation: F = logit(target) - logit(foil).",
+    ),
+    per_token: bool = typer.Option(
+        False, "--per-token", help="Causal LMs: one attribution per token of a multi-token --target."
     ),
     label: str | None = typer.Option(None, help="Gold label (index or name), for --target gold."),
-    output: str = typer.Option("prob", help="F: the target's prob, logit or logprob."),
-    steps: str = typer.Option(str(DEFAULT_STEPS), help="Integration steps, or 'auto' with gauss-legendre."),
-    rule: str = typer.Option(
-        DEFAULT_RULE, help="riemann-right|riemann-left|riemann-mid|trapezoid|gauss-legendre"
+    output: str | None = typer.Option(
+        None,
+        help="F. Classifiers: the target's prob (default), logit or logprob. Causal LMs: prob, logprob, logit, "
+        "logit-diff, prob-diff (default: logit-diff with --foil, logprob for a --target text, prob for the "
+        "top next token).",
+    ),
+    steps: str | None = typer.Option(
+        None,
+        help="'auto' (the default: error-controlled, see --tol) or a number of nodes of a fixed --rule "
+        f"(a --rule alone takes {DEFAULT_STEPS}).",
+    ),
+    rule: str | None = typer.Option(
+        None,
+        help="A fixed rule: riemann-right (with a number of --steps alone)|riemann-left|riemann-mid|"
+        "trapezoid|gauss-legendre.",
+    ),
+    tol: float | None = typer.Option(
+        None,
+        "--tol",
+        help=f"Error-controlled mode: relative error per layer to reach (default {DEFAULT_TOL:g}).",
+    ),
+    max_subintervals: int | None = typer.Option(
+        None,
+        "--max-subintervals",
+        help="Error-controlled mode: most subintervals per layer (default "
+        f"{DEFAULT_MAX_SUBINTERVALS}); a layer that misses --tol within them is reported as unconverged.",
+    ),
+    paper: bool = typer.Option(
+        False,
+        "--paper",
+        help="The paper's rule exactly: right Riemann, 20 steps, fp32, predicted class's prob.",
+    ),
+    preset: str | None = typer.Option(
+        None,
+        "--preset",
+        help=f"{' or '.join(PRESETS)}: 'authors' is the authors' released code (left Riemann, 64 steps).",
     ),
     fast: bool = typer.Option(
-        False, "--fast", help="Fast preset: Gauss-Legendre, auto steps, bf16 where supported."
+        False, "--fast", help="Error-controlled with dtype auto (bf16 per layer where it keeps the error)."
     ),
-    dtype: str | None = typer.Option(None, help="float32 (default), bfloat16 or auto."),
+    dtype: str | None = typer.Option(
+        None, help="float32 (default), bfloat16 or auto (bf16 per layer where its error estimate allows)."
+    ),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (cuda:N); default cpu."),
     top: int = typer.Option(5, help="How many heads and connections to print."),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Directory for tensors, metadata, figures, report."
     ),
-    no_truncate: bool = typer.Option(
-        False, "--no-truncate", help="Refuse inputs longer than the model's maximum."
+    truncate: bool | None = typer.Option(
+        None,
+        "--truncate/--no-truncate",
+        help="Cut inputs longer than the model's maximum, or refuse them. Default: classifiers cut the end; "
+        "causal LMs refuse (--truncate cuts the beginning of the prompt, keeping the end they predict from).",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables."),
 ) -> None:
-    from ..core.engine import attribute
+    from ..core.engine import attribute, resolve_integration
+    from ..core.planning import resolve_device
     from ..models import load
 
     # every option that can be checked without the model is checked before loading it
@@ -84,66 +138,147 @@ def explain(
     text = check_text(text, "text")
     pair = check_text(pair, "--pair")
     steps_arg = parse_steps(steps)
-    if rule not in RULES:
+    if rule is not None and rule not in RULES:
         raise InputError(f"unknown integration rule {rule!r}; choose one of: {', '.join(RULES)}")
+    preset = _preset(paper, preset)
+    device_arg = resolve_device(device)
+    # every integration setting and preset conflict, refused before the model loads
+    resolve_integration(
+        steps=steps_arg,
+        rule=rule,
+        tol=tol,
+        max_subintervals=max_subintervals,
+        preset=preset,
+        fast=fast,
+        dtype=dtype,
+        output=output,
+        target=None if target == "predicted" else target,
+    )
     loaded = load(model, quiet=json_out, tokenizer=tokenizer)
-    target_arg = parse_target(target, loaded.label_names)
-    gold = None
-    if label is not None:
-        gold = parse_target(label, loaded.label_names)
-        if not isinstance(gold, int):
-            raise InputError(f"--label must be a class index or label name, got {label!r}")
+    if getattr(loaded, "is_causal_lm", False):
+        if label is not None:
+            raise InputError("--label applies to classifiers; a causal LM's target is a text (--target)")
+        target_arg = target  # 'predicted' or a continuation text, kept exactly as given
+        gold = None
+    else:
+        if foil is not None or per_token:
+            raise InputError(
+                f"{'--foil' if foil is not None else '--per-token'} applies to causal language models; "
+                f"{loaded.model_id} is a classifier (its outputs are classes)"
+            )
+        target_arg = parse_target(target, loaded.label_names)
+        gold = None
+        if label is not None:
+            gold = parse_target(label, loaded.label_names)
+            if not isinstance(gold, int):
+                raise InputError(f"--label must be a class index or label name, got {label!r}")
     started = time.perf_counter()
-    attr = attribute(
-        loaded.model,
-        loaded.tokenizer,
-        text,
-        pair,
+    options = dict(
         target=target_arg,
-        label=gold,
         output=output,
         steps=steps_arg,
         rule=rule,
+        tol=tol,
+        max_subintervals=max_subintervals,
+        preset=preset,
         fast=fast,
         dtype=dtype,
-        truncate=not no_truncate,
+        device=device_arg,
+        truncate=truncate,
         model_id=loaded.model_id,
         label_names=loaded.label_names,
     )
+    if foil is not None:
+        options["foil"] = foil
+    if per_token:
+        from ..core.engine import attribute_many
+
+        attrs = list(attribute_many(loaded.model, loaded.tokenizer, [text], per_token=True, **options))
+    else:
+        attrs = [attribute(loaded.model, loaded.tokenizer, text, pair, label=gold, **options)]
     elapsed = time.perf_counter() - started
-    if attr.truncated:
+    if attrs[0].truncated:
+        end = "beginning of the prompt" if attrs[0].decoder is not None else "end"
         warn(
-            f"the input was truncated to the model's maximum of {len(attr.tokens)} tokens (recorded in meta.json)"
+            f"the input was truncated to the model's maximum of {len(attrs[0].tokens)} tokens "
+            f"(its {end} was cut; recorded in meta.json)"
         )
+    for attr in attrs:
+        warn_unconverged(attr)
     written: list[Path] = []
     if out is not None:
         from ..render.outputs import write_explanation  # matplotlib: only when files are written
 
-        written = write_explanation(attr, out)
+        for k, attr in enumerate(attrs):
+            # one folder per target token with --per-token
+            written += write_explanation(attr, out / f"token-{k + 1:02d}" if per_token else out)
     if json_out:
-        summary = attr.to_json()
-        summary["seconds"] = elapsed
-        summary["files"] = [str(p) for p in written]
-        print_json(summary)
+        summaries = []
+        for attr in attrs:
+            summary = attr.to_json()
+            summary["seconds"] = elapsed / len(attrs)
+            summaries.append(summary)
+        result = summaries[0] if not per_token else {"per_token": summaries}
+        result["files"] = [str(p) for p in written]
+        print_json(result)
         return
     console.print(f"[bold]model:[/bold] {loaded.describe()}")
-    print_summary(attr, top=top, seconds=elapsed)
+    for attr in attrs:
+        print_summary(attr, top=top, seconds=elapsed / len(attrs))
     if out is not None:
         console.print(
-            f"\nwrote {len(written)} files to [bold]{out}[/bold]: " + ", ".join(p.name for p in written)
+            f"\nwrote {len(written)} files to [bold]{out}[/bold]: "
+            + ", ".join(str(p.relative_to(out)) for p in written)
         )
 
 
-def print_summary(attr, *, top: int, seconds: float) -> None:
-    probs = "  ".join(f"{attr.label_name(i)} {p:.3f}" for i, p in enumerate(attr.probabilities))
-    pred = attr.label_name(attr.predicted)
-    console.print(f"[bold]prediction:[/bold] {pred}  ({probs})")
-    text = attr.text + (f"  ||  {attr.text_pair}" if attr.text_pair else "")
-    console.print(f"[bold]input:[/bold] {text}  ({len(attr.tokens)} tokens)")
-    console.print(
-        f"[bold]explained:[/bold] F = {attr.output} of '{attr.label_name(attr.target)}' ({attr.target_mode}) "
-        f"= {attr.output_value:.4f}; {attr.rule}, {attr.steps} steps, {attr.dtype}; {seconds:.1f} s"
+def _preset(paper: bool, preset: str | None) -> str | None:
+    if paper and preset not in (None, "paper"):
+        raise InputError(f"--paper and --preset {preset} contradict each other; give one")
+    if preset is not None and preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    return "paper" if paper else preset
+
+
+def integration_line(attr) -> str:
+    """How the layers were integrated, for the summary: nodes per layer, and any unconverged layer."""
+    records = attr.integration or []
+    if attr.tol is None or not records:
+        return f"{attr.rule}, {attr.steps} steps, {attr.dtype}"
+    nodes = ", ".join(str(r["nodes"]) for r in records)
+    worst = max((r["error_estimate"] for r in records if r["error_estimate"] is not None), default=None)
+    worst_text = f", largest estimate {worst:.1e}" if worst is not None else ""
+    return f"error-controlled to tol {attr.tol:g} ({attr.dtype}): nodes per layer {nodes}{worst_text}"
+
+
+def warn_unconverged(attr) -> None:
+    """Say which layers missed tol within the budget: their scores are less accurate than asked."""
+    missed = [r for r in attr.integration or [] if r.get("converged") is False]
+    if not missed:
+        return
+    shown = ", ".join(
+        f"{r['layer']} ({'-' if r['error_estimate'] is None else format(r['error_estimate'], '.1e')})"
+        for r in missed
     )
+    warn(
+        f"{len(missed)} layer(s) did not reach tol {attr.tol:g} within the work budget: layer (error estimate) "
+        f"{shown}; raise --max-subintervals or --tol (recorded in meta.json)"
+    )
+
+
+def print_summary(attr, *, top: int, seconds: float) -> None:
+    if attr.decoder is not None:
+        print_decoder_header(attr, seconds=seconds)
+    else:
+        probs = "  ".join(f"{attr.label_name(i)} {p:.3f}" for i, p in enumerate(attr.probabilities))
+        pred = attr.label_name(attr.predicted)
+        console.print(f"[bold]prediction:[/bold] {pred}  ({probs})")
+        text = attr.text + (f"  ||  {attr.text_pair}" if attr.text_pair else "")
+        console.print(f"[bold]input:[/bold] {text}  ({len(attr.tokens)} tokens)")
+        console.print(
+            f"[bold]explained:[/bold] F = {attr.output} of '{attr.label_name(attr.target)}' ({attr.target_mode}) "
+            f"= {attr.output_value:.4f}; {integration_line(attr)}; {seconds:.1f} s"
+        )
     imp = attr.head_importance()
     heads = Table(title="top heads (max attribution)", title_justify="left")
     heads.add_column("layer", justify="right")
@@ -167,12 +302,45 @@ def print_summary(attr, *, top: int, seconds: float) -> None:
         )
     console.print(edges)
     comp = Table(title="completeness: sum of scores vs F(A) - F(0*A)", title_justify="left")
-    for col in ("layer", "sum of scores", "F(A) - F(0)", "gap"):
+    records = attr.integration if attr.tol is not None and attr.integration else None
+    columns = ("layer", "sum of scores", "F(A) - F(0)", "gap")
+    if records:
+        columns += ("nodes", "parts", "est. error", "ok")  # parts: subintervals of [0, 1]
+    for col in columns:
         comp.add_column(col, justify="right")
-    for row in attr.completeness_table():
-        comp.add_row(
-            str(row["layer"]), f"{row['sum_scores']:.4f}", f"{row['output_delta']:.4f}", f"{row['gap']:+.4f}"
-        )
+    for i, row in enumerate(attr.completeness_table()):
+        cells = [
+            str(row["layer"]),
+            f"{row['sum_scores']:.4f}",
+            f"{row['output_delta']:.4f}",
+            f"{row['gap']:+.4f}",
+        ]
+        if records:
+            r = records[i]
+            estimate = "-" if r["error_estimate"] is None else f"{r['error_estimate']:.1e}"
+            cells += [str(r["nodes"]), str(r["subintervals"]), estimate, "yes" if r["converged"] else "NO"]
+        comp.add_row(*cells)
     console.print(comp)
     if attr.truncated:
         err_console.print("note: the input was truncated")
+
+
+def print_decoder_header(attr, *, seconds: float) -> None:
+    """A causal LM's prediction (the top next tokens and their probabilities) and what F is."""
+    from ..core.objectives import describe_decoder
+
+    d = attr.decoder
+    p = d.get("predicting_position")
+    after = f" after {attr.tokens[p]!r} (#{p})" if p is not None else ""
+    top = "  ".join(f"{t['text']!r} {t['prob']:.3f}" for t in d.get("top", [])[:5])
+    console.print(f"[bold]prediction:[/bold] top next tokens{after}: {top}", markup=True, highlight=False)
+    forced = len(attr.tokens) - int(d.get("prompt_tokens", len(attr.tokens)))
+    extra = f", {forced} forced target tokens" if forced else ""
+    console.print(
+        f"[bold]prompt:[/bold] {attr.text}  ({d.get('prompt_tokens')} tokens{extra})", highlight=False
+    )
+    console.print(
+        f"[bold]explained:[/bold] F = {describe_decoder(d, attr.tokens)} = {attr.output_value:.4f}; "
+        f"{integration_line(attr)}; {seconds:.1f} s",
+        highlight=False,
+    )

@@ -77,7 +77,16 @@ ParentOpt = Annotated[
     ),
 ]
 TargetOpt = Annotated[
-    str, typer.Option("--target", help="Class whose output is attributed: 'predicted' or a class index.")
+    str,
+    typer.Option(
+        "--target",
+        help="Class whose output is attributed: 'predicted' or a class index; causal LMs: 'predicted' (the "
+        "top next token) or a continuation text such as ' Mary'.",
+    ),
+]
+FoilOpt = Annotated[
+    str | None,
+    typer.Option("--foil", help="Causal LMs: contrast the target with this continuation (logit difference)."),
 ]
 
 
@@ -131,6 +140,7 @@ def tree_show(
     steps: StepsOpt = 20,
     rule: RuleOpt = "riemann-right",
     target: TargetOpt = "predicted",
+    foil: FoilOpt = None,
     parent_choice: ParentOpt = "strongest",
     attributions: Annotated[
         Path | None,
@@ -180,16 +190,21 @@ def tree_show(
             raise InputError(f"unknown integration rule {rule!r}; choose one of: {', '.join(RULES)}")
         if steps < 1:
             raise InputError(f"--steps must be an integer >= 1, got {steps}")
-        target_arg = _target(target)
         from ..core.engine import attribute
 
         loaded = _load_model(model or "minilm-rt", tokenizer)
+        # a causal LM's target is a continuation text; its tree's root is the predicting position
+        causal = getattr(loaded, "is_causal_lm", False)
+        if foil is not None and not causal:
+            raise InputError(f"--foil applies to causal language models; {loaded.model_id} is a classifier")
+        target_arg = target if causal else _target(target)
         attr = attribute(
             loaded.model,
             loaded.tokenizer,
             text,
             pair,
             target=target_arg,
+            **({"foil": foil} if foil is not None else {}),
             steps=steps,
             rule=rule,
             model_id=loaded.model_id,

@@ -929,3 +929,39 @@ def _build_batch(
             columns[b, p, : len(cols)] = torch.tensor(cols)
             weights[b, p, : len(ws)] = torch.tensor(ws)
     return _Batch(list(specs), positions, columns, weights, first, list(prompt_lengths))
+
+
+def describe_decoder(decoder: Mapping[str, Any], tokens: Sequence[str]) -> str:
+    """One line saying what F is for a causal LM's attribution (`Attribution.decoder`)."""
+
+    def text(part: Mapping[str, Any] | None) -> str:
+        if not part:
+            return "?"
+        given = part.get("given")
+        if isinstance(given, list):
+            return "{" + ", ".join(repr(g) for g in given) + "}"
+        return repr(part.get("text", ""))
+
+    positions = list(decoder.get("positions") or [])
+    p = decoder.get("predicting_position")
+    where = f"at position {p} ({tokens[p]!r})" if p is not None and 0 <= p < len(tokens) else ""
+    forced = decoder.get("forced")
+    after = (
+        f", after the forced tokens {forced['text']!r}"
+        if forced and decoder.get("token_index") is None
+        else ""
+    )
+    output, kind = decoder.get("output"), decoder.get("objective")
+    target, foil = text(decoder.get("target")), text(decoder.get("foil"))
+    if output == "logit-diff":
+        return f"logit({target}) - logit({foil}) {where}{after}"
+    if output == "prob-diff":
+        return f"sum p({target}) - sum p({foil}) {where}"
+    if decoder.get("token_index") is not None:
+        t, total = decoder["token_index"], decoder.get("continuation_tokens")
+        return f"{output} of target token {t + 1} of {total}, {target}, {where} (teacher-forced)"
+    if kind == "continuation":
+        span = f"positions {positions[0]}-{positions[-1]}" if positions else ""
+        what = "log p" if output == "logprob" else "p"
+        return f"{what}({target} | prompt): {len(positions)} next tokens teacher-forced at {span}"
+    return f"{output}({target}) {where}"

@@ -212,6 +212,8 @@ def tree_title(tree: AttributionTree) -> str:
     if tree.label is None:
         return ""
     prob = f" (p = {tree.probability:.3f})" if tree.probability is not None else ""
+    if tree.output in ("logit-diff", "prob-diff"):
+        return f"target: {tree.label!r}{prob} vs a foil ({tree.output} = {tree.output_value:.3g})"
     if tree.predicted_label is not None and tree.predicted_label != tree.label:
         return f"target: {tree.label}{prob}; predicted: {tree.predicted_label}"
     return f"prediction: {tree.label}{prob}"
@@ -286,6 +288,13 @@ def top_node(sums: np.ndarray, root: int) -> tuple[int | None, np.ndarray]:
     # ties (e.g. an all-zero map) go to the lowest index
     best = max(candidates, key=lambda i: (row_sums[i], -i))
     return best, row_sums
+
+
+def decoder_root(attribution) -> int:
+    """A causal LM's root: the last input position, where F reads the prediction (with a forced
+    continuation, the position predicting its last token)."""
+    positions = (attribution.decoder or {}).get("positions") or []
+    return int(max(positions)) if positions else len(attribution.tokens) - 1
 
 
 def default_root(special_mask: Sequence[bool] | None, n: int) -> int:
@@ -455,8 +464,14 @@ def _no_edge_message(tree: AttributionTree, norm: np.ndarray, root: int, top: in
 def build_tree(
     attribution, threshold: float = 0.4, *, parent_choice: ParentChoice = "strongest"
 ) -> AttributionTree:
-    """The attribution tree of an `Attribution` (called by `Attribution.tree()`)."""
+    """The attribution tree of an `Attribution` (called by `Attribution.tree()`).
+
+    The root is the input's first token for classifiers ([CLS], <s>); for a causal LM it is the
+    predicting position, the last input token: the last prompt token for next-token and contrastive
+    objectives, the position that predicts the last target token for a forced continuation
+    (docs/decoders.md). Information flows only from earlier to later tokens there."""
     a = attribution
+    decoder = getattr(a, "decoder", None)
     tree = build_tree_from_scores(
         a.scores,
         a.tokens,
@@ -464,12 +479,19 @@ def build_tree(
         threshold,
         layers=a.layers,
         segment_ids=a.segment_ids,
+        root=decoder_root(a) if decoder is not None else None,
         parent_choice=parent_choice,
     )
-    tree.label = a.label_name(a.target)
-    if a.probabilities and 0 <= a.target < len(a.probabilities):
-        tree.probability = float(a.probabilities[a.target])
-    tree.predicted_label = a.label_name(a.predicted)
+    if decoder is not None:
+        tree.label = (decoder.get("target") or {}).get("text")
+        tree.probability = decoder.get("target_probability")
+        top = decoder.get("top") or []
+        tree.predicted_label = top[0]["text"] if top else None
+    else:
+        tree.label = a.label_name(a.target)
+        if a.probabilities and 0 <= a.target < len(a.probabilities):
+            tree.probability = float(a.probabilities[a.target])
+        tree.predicted_label = a.label_name(a.predicted)
     tree.target = int(a.target)
     tree.output = a.output
     tree.output_value = float(a.output_value)

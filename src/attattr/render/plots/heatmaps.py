@@ -39,8 +39,12 @@ def attention_vs_attribution(attr: Attribution, layer: int, head: int, path: str
         ax.set_xlabel("key token (attended to)")
         ax.set_ylabel("query token (attending)")
         fig.colorbar(im, ax=ax, shrink=0.8)
-    pred = attr.label_name(attr.predicted)
-    fig.suptitle(f"prediction: {pred} (p = {attr.probabilities[attr.predicted]:.3f})")
+    if attr.decoder is not None:  # a causal LM: the top next token (probabilities are the top k)
+        top = (attr.decoder.get("top") or [{"text": "?", "prob": float("nan")}])[0]
+        fig.suptitle(f"top next token: {top['text']!r} (p = {top['prob']:.3f})")
+    else:
+        pred = attr.label_name(attr.predicted)
+        fig.suptitle(f"prediction: {pred} (p = {attr.probabilities[attr.predicted]:.3f})")
     return save_figure(fig, path)
 
 

@@ -179,6 +179,8 @@ def _input_section(a: Attribution) -> str:
         texts.append(f'<p class="text"><span class="lbl">pair</span> {escape(a.text_pair)}</p>')
     if a.truncated:
         texts.append('<p class="note warn">The input was truncated to the model\'s maximum length.</p>')
+    if a.decoder is not None:
+        return _decoder_input_section(a, chips, texts)
     rows = []
     probs = list(a.probabilities)
     for c, p in enumerate(probs):
@@ -207,6 +209,56 @@ def _input_section(a: Attribution) -> str:
 <p class="explain">Attributed output F: the {output_name} of class <b>{escape(a.label_name(a.target))}</b>
 (F = {format_value(float(a.output_value))}). Scores are integrated gradients of F over each head's attention
 matrix: positive (red) connections raise F, negative (blue) ones lower it.</p>
+</section>"""
+
+
+def _decoder_input_section(a: Attribution, chips: list[str], texts: list[str]) -> str:
+    """A causal LM's input: the prompt (forced target tokens marked), the top next tokens with their
+    probabilities at the predicting position, and what F is (docs/decoders.md)."""
+    from ...core.objectives import describe_decoder
+
+    d = a.decoder
+    target_ids = (
+        set(d.get("target", {}).get("ids", [])[:1]) if d.get("objective") != "alternatives" else set()
+    )
+    foil_ids = set((d.get("foil") or {}).get("ids", [])[:1])
+    rows = []
+    for t in d.get("top", []):
+        marks = []
+        if t["id"] in target_ids:
+            marks.append('<span class="badge target">target</span>')
+        if t["id"] in foil_ids:
+            marks.append('<span class="badge gold">foil</span>')
+        width = max(0.0, min(1.0, float(t["prob"]))) * 100
+        rows.append(
+            f'<tr><td class="cls"><code>{escape(repr(t["text"]))}</code></td>'
+            f'<td class="bar"><div style="width:{width:.1f}%"></div></td>'
+            f'<td class="num">{float(t["prob"]):.4f}</td><td>{" ".join(marks)}</td></tr>'
+        )
+    p = d.get("predicting_position")
+    where = f" after <code>{escape(a.tokens[p])}</code> (#{p})" if p is not None else ""
+    shown = []
+    for name in ("target", "foil"):
+        prob = d.get(f"{name}_probability")
+        if prob is not None:
+            shown.append(f"p({name}) = {float(prob):.4f}")
+    forced = len(a.tokens) - int(d.get("prompt_tokens", len(a.tokens)))
+    note = (
+        f" The last {forced} tokens (marked) are target tokens forced after the prompt (teacher forcing)."
+        if forced
+        else ""
+    )
+    return f"""<section id="input">
+<h2>Prompt and prediction</h2>
+{"".join(texts)}
+<div id="tokens" class="tokens">{"".join(chips)}</div>
+<table class="probs"><thead><tr><th>next token{where}</th><th colspan="2">probability</th><th></th></tr></thead>
+<tbody>{"".join(rows)}</tbody></table>
+<p class="explain">Attributed output F = {escape(describe_decoder(d, a.tokens))}
+(F = {format_value(float(a.output_value))}{"; " + ", ".join(shown) if shown else ""}).{note} Attention is
+causal: a token attends only to itself and earlier tokens, so the upper triangle of every map is 0.
+Scores are integrated gradients of F over each head's attention matrix: positive (red) connections raise F,
+negative (blue) ones lower it.</p>
 </section>"""
 
 
