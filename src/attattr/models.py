@@ -371,6 +371,10 @@ def load(
         recipe = RECIPES[key]
         directory = recipe_dir(key, home)
         if not is_built(key, home):
+            from .training import recover_interrupted  # a replacement killed mid-way: the old model
+
+            recover_interrupted(key, home)
+        if not is_built(key, home):
             if not build:
                 raise ModelError(f"recipe {key!r} is not built; build it with: attattr train {key}")
             with build_lock(key, home):  # two processes needing the same recipe build it once

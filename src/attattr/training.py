@@ -7,6 +7,9 @@ so a rerun on the same machine gives the same model.
 Safety: the model is written to a temporary directory next to its final place, the manifest
 last, and the directory is renamed into place in one step; an interrupted run (Ctrl-C, a kill)
 leaves at most a `.tmp-*` directory that never counts as built and is removed by the next run.
+Replacing a built model (`--force`) moves the old one aside to `.old-*` first; a kill between
+the two renames leaves the recipe without its directory, and the next run or load puts the old
+model back (`recover_interrupted`).
 """
 
 from __future__ import annotations
@@ -29,11 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .version import __version__
 from .core.errors import InputError
 from .data import Dataset, load_dataset
 from .models import (
     MANIFEST,
+    WEIGHT_FILES,
     Recipe,
     attattr_home,
     get_recipe,
@@ -42,6 +45,7 @@ from .models import (
     read_manifest,
     recipe_dir,
 )
+from .version import __version__
 
 MANIFEST_FORMAT = "attattr-model/1"
 GROUP_WINDOW = 32  # batches of similar length are formed inside windows of this many batches
@@ -227,6 +231,60 @@ def _clean_stale(models_dir: Path, name: str) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def recover_interrupted(name: str, home: Path | None = None) -> Path | None:
+    """Finish what a replacement killed between its two renames left behind: the previous model
+    moved aside to `.old-<name>-<pid>-<n>` and no model in its place. The newest complete one is
+    put back (returned); leftovers next to a model in place are removed. Directories of a process
+    that is still running are left alone (it is between its renames right now). A model in place
+    that is not complete is not touched, and neither are the leftovers then."""
+    final = recipe_dir(name, home)
+    if not final.parent.is_dir():
+        return None
+    left = [p for p in _aside(final.parent, name) if not _process_alive(p)]
+    if not left or (final.exists() and not is_built(name, home)):
+        return None
+    restored = None
+    for old in sorted(left, key=lambda p: str((read_manifest(p) or {}).get("created", "")), reverse=True):
+        if restored is None and not final.exists() and _complete(old):
+            os.rename(old, final)
+            restored = final
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    return restored
+
+
+def _aside(models_dir: Path, name: str) -> list[Path]:
+    """The `.old-<name>-<pid>-<n>` directories of `name` (not those of a longer recipe name)."""
+    prefix = f".old-{name}-"
+    found = []
+    for path in models_dir.glob(f"{prefix}*"):
+        pid, _, n = path.name[len(prefix) :].partition("-")
+        if pid.isdigit() and n.isdigit() and path.is_dir():
+            found.append(path)
+    return found
+
+
+def _process_alive(path: Path) -> bool:
+    """Whether the process named in `path` (`...-<pid>-<n>`) is running (and is not this one)."""
+    try:
+        pid = int(path.name.rsplit("-", 2)[-2])
+        if pid == os.getpid():
+            return False
+        os.kill(pid, 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _complete(directory: Path) -> bool:
+    manifest = read_manifest(directory)
+    return bool(manifest and manifest.get("complete")) and any(
+        (directory / f).is_file() for f in WEIGHT_FILES
+    )
+
+
 @dataclass
 class FitResult:
     steps: int
@@ -327,6 +385,7 @@ def train_recipe(
         raise InputError(f"--dev-limit must be >= 1, got {dev_limit}")
     home = home or attattr_home()
     final = recipe_dir(recipe.name, home)
+    recover_interrupted(recipe.name, home)
     if not force and is_built(recipe.name, home):
         return read_manifest(final) or {}
     seed = recipe.seed if seed is None else seed
@@ -432,6 +491,7 @@ def _save_atomically(
     models_dir = final.parent
     models_dir.mkdir(parents=True, exist_ok=True)
     _clean_stale(models_dir, final.name)
+    recover_interrupted(final.name, models_dir.parent)
     tmp = models_dir / f".tmp-{final.name}-{os.getpid()}-{time.time_ns() % 10**9}"
     old = None
     try:

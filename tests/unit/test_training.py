@@ -185,6 +185,65 @@ def test_stale_temporary_directories_are_removed(attattr_home, save):
     assert not stale.exists()
 
 
+def _killed_between_renames(final):
+    """The state a `train --force` killed between its two renames leaves: the previous model moved
+    aside under a process id that no longer runs, nothing in its place."""
+    aside = final.parent / f".old-{final.name}-999999999-12345"
+    os.rename(final, aside)
+    assert not is_built(final.name)
+    return aside
+
+
+def test_model_moved_aside_by_a_killed_replacement_is_restored_by_load(attattr_home, save):
+    from attattr import models
+
+    final = attattr_home / "models" / "minilm-rt"
+    save(final, accuracy=0.7)
+    aside = _killed_between_renames(final)
+    loaded = models.load("minilm-rt", build=False, quiet=True)  # would refuse: "not built"
+    assert loaded.model_id == "minilm-rt" and is_built("minilm-rt")
+    assert read_manifest(final)["dev_accuracy"] == 0.7 and not aside.exists()
+    assert sorted(p.name for p in final.parent.iterdir()) == ["minilm-rt"]
+
+
+def test_model_moved_aside_by_a_killed_replacement_is_restored_by_a_later_run(attattr_home, save):
+    final = attattr_home / "models" / "minilm-rt"
+    save(final, accuracy=0.7)
+    aside = _killed_between_renames(final)
+    # force=False: the restored model counts as built, so nothing is trained
+    manifest = training.train_recipe("minilm-rt", force=False, home=attattr_home)
+    assert manifest["dev_accuracy"] == 0.7 and is_built("minilm-rt") and not aside.exists()
+
+
+def test_leftovers_next_to_a_model_in_place_are_removed(attattr_home, save):
+    final = attattr_home / "models" / "minilm-rt"
+    save(final, accuracy=0.7)
+    aside = _killed_between_renames(final)
+    save(final, accuracy=0.9)  # a new model saved before anything restored the old one
+    assert read_manifest(final)["dev_accuracy"] == 0.9 and not aside.exists()
+    # killed after the second rename, before the old model was removed
+    stale = final.parent / ".old-minilm-rt-999999999-7"
+    stale.mkdir()
+    (stale / "manifest.json").write_text(json.dumps({"complete": True}))
+    assert training.recover_interrupted("minilm-rt") is None
+    assert not stale.exists() and read_manifest(final)["dev_accuracy"] == 0.9
+
+
+def test_recovery_leaves_a_running_replacement_and_other_recipes_alone(attattr_home, save):
+    final = attattr_home / "models" / "minilm-rt"
+    save(final, accuracy=0.7)
+    running = final.parent / f".old-minilm-rt-{os.getppid()}-1"  # a live process between its renames
+    os.rename(final, running)
+    other = final.parent / ".old-minilm-rt-imdb-999999999-1"  # another recipe's name starts the same
+    other.mkdir()
+    assert training.recover_interrupted("minilm-rt") is None
+    assert running.exists() and other.exists() and not final.exists()
+    incomplete = final.parent / ".old-minilm-rt-999999999-2"  # no manifest: never put in place
+    incomplete.mkdir()
+    assert training.recover_interrupted("minilm-rt") is None
+    assert not final.exists() and not incomplete.exists() and running.exists()
+
+
 def test_training_threads(monkeypatch):
     monkeypatch.delenv("ATTATTR_THREADS", raising=False)
     assert training.training_threads() == training.cpu_cores() >= 1
