@@ -80,20 +80,3 @@ def test_explain_bad_input_is_one_line_and_exit_code_2(model_dir, run_cli, args,
 def test_explain_with_a_missing_model_directory(tmp_path, run_cli):
     code, _, err = run_cli("explain", TEXT, "--model", tmp_path / "nowhere")
     assert code == 2 and "cannot load" in err and "Traceback" not in err
-
-
-def test_loaded_recipe_describes_its_accuracy(quick_rt_model):
-    line = quick_rt_model.describe()
-    accuracy = 100 * quick_rt_model.manifest["dev_accuracy"]
-    assert line.startswith("minilm-rt, dev accuracy ") and f"{accuracy:.1f} %" in line
-    assert "rotten-tomatoes dev examples (a partial model: --max-steps)" in line
-
-
-def test_recipe_inputs_are_cut_at_the_recipe_length(quick_rt_model):
-    # minilm-rt was trained on 128 tokens; the encoder itself reads 512
-    assert quick_rt_model.max_length == 128 and quick_rt_model.tokenizer.model_max_length == 128
-    long_text = " ".join(["a slow but rewarding film"] * 60)
-    attr = attattr.attribute(
-        quick_rt_model.model, quick_rt_model.tokenizer, long_text, rule="gauss-legendre", steps=1
-    )
-    assert len(attr.tokens) == 128 and attr.truncated
