@@ -18,6 +18,15 @@ from ..core.errors import InputError
 from ..core.files import write_json
 from .app import app
 from .common import console, print_json, progress_bar, write_dataset_report
+from .ray_options import (
+    CpusPerWorkerOpt,
+    GpusPerWorkerOpt,
+    RayOpt,
+    ShipModelOpt,
+    WorkersOpt,
+    check_ray_options,
+    executor_from_options,
+)
 
 heads_app = typer.Typer(
     help=(
@@ -130,10 +139,13 @@ def _load_data(
     sample_seed: int | None,
 ):
     """`count` examples of the split (a seeded sample, or the first ones when sample_seed is None),
-    labels expressed as the model's class indices."""
+    labels expressed as the model's class indices. A causal LM reads prompts instead
+    (`_load_prompts`)."""
     from .. import data as data_mod
     from ..analyses.heads import select_examples
 
+    if getattr(loaded, "is_causal_lm", False):
+        return _load_prompts(loaded, data, split, count, columns, sample_seed)
     kwargs: dict[str, Any] = {"limit": count if sample_seed is None else None}
     kwargs.update({k: v for k, v in columns.items() if v is not None})
     dataset = data_mod.load_dataset(data, split, **kwargs)
@@ -143,6 +155,40 @@ def _load_data(
     if any(x.label is None for x in dataset):
         raise InputError(f"{data} ({split}) has examples without a label; head importance needs gold labels")
     return select_examples(dataset, count, seed=sample_seed)
+
+
+class _Prompts(list):
+    """Prompts of a causal LM's run, with the metric of their set."""
+
+    metric: str | None = None
+
+
+def _load_prompts(loaded, data: str, split: str, count: int | None, columns: dict[str, Any], sample_seed):
+    """A prompt set (ioi, greater-than: its first `count` prompts) or a prompt file (a seeded sample of
+    `count` rows, or the first ones), checked against the model's tokenizer (docs/decoders.md)."""
+    from .. import prompts
+    from ..analyses.heads import select_examples
+
+    generated = data in prompts.PROMPT_SETS
+    prompt_set = prompts.load_prompts(
+        data,
+        split,
+        count=count if generated else None,
+        prompt_column=columns.get("text_column") or "prompt",
+    )
+    prompts.check_tokens(prompt_set, loaded.tokenizer)
+    chosen = (
+        prompt_set.examples if generated else select_examples(prompt_set.examples, count, seed=sample_seed)
+    )
+    out = _Prompts(chosen)
+    out.metric = prompt_set.metric
+    return out
+
+
+def _metric(dataset) -> dict[str, Any]:
+    """The metric option of an analysis over a causal LM's prompts (nothing for a classifier's data)."""
+    metric = getattr(dataset, "metric", None)
+    return {"metric": metric} if metric is not None else {}
 
 
 def _columns(text_column: str, pair_column: str | None, label_column: str) -> dict[str, Any]:
@@ -215,6 +261,11 @@ def importance_cmd(
     sample_seed: SampleSeedOpt = 0,
     fresh: FreshOpt = False,
     json_out: JsonOpt = False,
+    ray: RayOpt = None,
+    workers: WorkersOpt = None,
+    cpus_per_worker: CpusPerWorkerOpt = 1,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    ship_model: ShipModelOpt = False,
 ) -> None:
     """Importance of every head over the first N examples of a split: JSON and a heatmap.
 
@@ -232,6 +283,7 @@ def importance_cmd(
     _check_count("--examples", examples)
     attr = _attr_options(steps, rule, fast)
     check_importance_options(method, batch_size=batch_size, eval_batch_size=eval_batch_size, **attr)
+    check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
     _check_out(out)
     loaded = _load_model(model, json_out)
     data = _default_data(loaded, data)
@@ -241,20 +293,24 @@ def importance_cmd(
         columns = _columns(text_column, pair_column, label_column)
         dataset = _load_data(loaded, data, split, examples, columns, _seed(first, sample_seed))
     context = {"kind": "importance", "method": method, "model_id": loaded.model_id}
-    importance = _importance(
-        loaded,
-        dataset,
-        method,
-        out,
-        label=f"importance ({method})",
-        quiet=json_out,
-        batch_size=batch_size,
-        eval_batch_size=eval_batch_size,
-        seed=seed,
-        fresh=fresh,
-        settings={**context, "data": data, "split": split, "sample": sample},
-        **attr,
-    )
+    with executor_from_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model) as executor:
+        importance = _importance(
+            loaded,
+            dataset,
+            method,
+            out,
+            label=f"importance ({method})",
+            quiet=json_out,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            seed=seed,
+            fresh=fresh,
+            settings={**context, "data": data, "split": split, "sample": sample},
+            **_metric(dataset),
+            executor=executor,
+            model_source=model,
+            **attr,
+        )
     path = importance.save(out / f"importance-{method}.json")
     figures = plot_importance(importance, out / f"importance-{method}")
     files = [str(path)] + [str(f) for f in figures]
@@ -295,6 +351,11 @@ def effectiveness_cmd(
     sample_seed: SampleSeedOpt = 0,
     fresh: FreshOpt = False,
     json_out: JsonOpt = False,
+    ray: RayOpt = None,
+    workers: WorkersOpt = None,
+    cpus_per_worker: CpusPerWorkerOpt = 1,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    ship_model: ShipModelOpt = False,
 ) -> None:
     """Prune each example's own least/most important heads: attribution vs attention (Fig. 2).
 
@@ -311,13 +372,17 @@ def effectiveness_cmd(
     _check_count("--step", step)
     attr = _attr_options(steps, rule, fast)
     check_importance_options("attattr", batch_size=batch_size, eval_batch_size=eval_batch_size, **attr)
+    check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
     _check_out(out)
     loaded = _load_model(model, json_out)
     data = _default_data(loaded, data)
     columns = _columns(text_column, pair_column, label_column)
     dataset = _load_data(loaded, data, split, examples, columns, _seed(first, sample_seed))
     started = time.perf_counter()
-    with progress_bar("effectiveness", len(dataset), quiet=json_out) as advance:
+    with (
+        executor_from_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model) as executor,
+        progress_bar("effectiveness", len(dataset), quiet=json_out) as advance,
+    ):
         result = effectiveness(
             loaded.model,
             loaded.tokenizer,
@@ -328,12 +393,15 @@ def effectiveness_cmd(
             runs_dir=out / "runs",
             fresh=fresh,
             on_example=advance,
+            executor=executor,
+            model_source=model,
             settings={
                 "model_id": loaded.model_id,
                 "data": data,
                 "split": split,
                 "sample": _sample_label(first, sample_seed),
             },
+            **_metric(dataset),
             **attr,
         )
     result["seconds"] = round(time.perf_counter() - started, 2)
@@ -401,6 +469,11 @@ def prune_cmd(
     sample_seed: SampleSeedOpt = 0,
     fresh: FreshOpt = False,
     json_out: JsonOpt = False,
+    ray: RayOpt = None,
+    workers: WorkersOpt = None,
+    cpus_per_worker: CpusPerWorkerOpt = 1,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    ship_model: ShipModelOpt = False,
 ) -> None:
     """Prune 0, 10, ..., 100 % of heads, least important first, per importance method (Fig. 3).
 
@@ -424,6 +497,7 @@ def prune_cmd(
         _check_count("--eval-limit", eval_limit)
     attr = _attr_options(steps, rule, fast)
     check_pruning_options(chosen, seeds=seeds, batch_size=batch_size, eval_batch_size=eval_batch_size, **attr)
+    check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
     _check_out(out)
     loaded = _load_model(model, json_out)
     data = _default_data(loaded, data)
@@ -431,24 +505,28 @@ def prune_cmd(
     sample = _sample_label(first, sample_seed)
     imp_data = _load_data(loaded, data, importance_split, examples, columns, _seed(first, sample_seed))
     eval_data = _load_data(loaded, data, split, eval_limit, columns, _seed(first, sample_seed))
-    result, importances = prune_experiment(
-        loaded.model,
-        loaded.tokenizer,
-        imp_data,
-        eval_data,
-        chosen,
-        seeds=seeds,
-        fractions=FRACTIONS,
-        batch_size=batch_size,
-        eval_batch_size=eval_batch_size,
-        runs_dir=out / "runs",
-        fresh=fresh,
-        context={"model_id": loaded.model_id, "data": data},
-        importance_context={"split": importance_split, "sample": sample},
-        eval_context={"split": split},
-        progress=_progress(json_out),
-        **attr,
-    )
+    with executor_from_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model) as executor:
+        result, importances = prune_experiment(
+            loaded.model,
+            loaded.tokenizer,
+            imp_data,
+            eval_data,
+            chosen,
+            seeds=seeds,
+            fractions=FRACTIONS,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            runs_dir=out / "runs",
+            fresh=fresh,
+            context={"model_id": loaded.model_id, "data": data},
+            importance_context={"split": importance_split, "sample": sample},
+            eval_context={"split": split},
+            progress=_progress(json_out),
+            **_metric(imp_data),
+            executor=executor,
+            model_source=model,
+            **attr,
+        )
     files: list[str] = []
     for label, imp in importances.items():
         if label.startswith("random-"):

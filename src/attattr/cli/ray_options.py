@@ -36,7 +36,7 @@ RayOpt = Annotated[
         metavar="ADDRESS",
         help=(
             "Run the examples on a Ray cluster: its head's host:port, 'auto' (the cluster this machine "
-            "belongs to) or 'local' (start one on this machine). Needs attattr[ray]. An address that "
+            "belongs to) or 'local' (start one on this machine). Needs attattr\\[ray]. An address that "
             "does not answer as a Ray head fails within 15 s; joining gives up after 60 s."
         ),
         rich_help_panel=PANEL,
