@@ -611,3 +611,125 @@ def test_tree_of_a_decoder_is_rooted_at_the_predicting_position(lm_dir, run_cli)
     tree = json.loads(stdout)
     assert tree["root"] == 13 and tree["nodes"][0]["token"] == "Ġto"
     assert all(e["child"] <= e["parent"] for e in tree["edges"])  # information flows forward only
+
+
+# ---- head analyses over prompts -------------------------------------------------------------------
+HEAD_PROMPTS = [
+    PromptExample("p0", PROMPT, " Mary", " John"),
+    PromptExample("p1", "When John and Mary went to the store , Mary gave a drink to", " John", " Mary"),
+    PromptExample("p2", "the cat sat on the", " mat", " dog"),
+]
+
+
+def test_head_importance_over_prompts_is_the_mean_of_each_prompts_attribution():
+    from attattr.analyses.heads import head_importance
+
+    model, tok = tiny_lm("qwen2"), decoder_tokenizer(side="left")
+    imp = head_importance(model, tok, HEAD_PROMPTS, "attattr", batch_size=2, **FIXED)
+    assert imp.settings["metric"] == "logit-diff" and imp.scores.shape == (2, 4)
+    alone = [
+        attattr.attribute(model, tok, ex.prompt, target=ex.target, foil=ex.foil, **FIXED)
+        for ex in HEAD_PROMPTS
+    ]
+    expected = torch.stack([a.head_importance() for a in alone]).double().mean(0)
+    torch.testing.assert_close(imp.scores, expected, atol=1e-6, rtol=1e-5)
+    attention = head_importance(model, tok, HEAD_PROMPTS, "attention", batch_size=3)
+    # the first token's row (always [1, 0, ...]) is left out: no head's largest weight is exactly 1
+    assert float(attention.scores.max()) < 1.0
+
+
+def test_taylor_importance_of_a_decoder_is_the_metrics_gate_gradient():
+    from attattr.analyses.heads import head_importance
+
+    model, tok = tiny_lm("llama"), decoder_tokenizer()
+    imp = head_importance(model, tok, HEAD_PROMPTS[:1], "taylor", batch_size=1)
+    raw = imp.per_example[0]  # [layers, heads], before the per-layer normalisation
+    eps = 1e-3
+    for layer, head in [(0, 1), (1, 3)]:
+        gates = torch.ones(2, 4, dtype=torch.float64)
+        up, down = gates.clone(), gates.clone()
+        up[layer, head], down[layer, head] = 1 + eps, 1 - eps
+        f_up, _ = predict_prompts(model, tok, HEAD_PROMPTS[:1], head_gates=up.float())
+        f_down, _ = predict_prompts(model, tok, HEAD_PROMPTS[:1], head_gates=down.float())
+        assert float(raw[layer, head]) == pytest.approx(
+            abs(float(f_up - f_down)) / (2 * eps), rel=2e-2, abs=1e-4
+        )
+
+
+def test_pruning_and_effectiveness_score_prompts_by_their_metric():
+    from attattr.analyses.heads import effectiveness, prune_experiment
+
+    model, tok = tiny_lm("llama"), decoder_tokenizer(side="left")
+    values, correct = predict_prompts(model, tok, HEAD_PROMPTS)
+    result, _ = prune_experiment(
+        model,
+        tok,
+        HEAD_PROMPTS,
+        HEAD_PROMPTS,
+        ["attattr", "taylor", "attention", "random"],
+        seeds=2,
+        fractions=(0.0, 0.5, 1.0),
+        batch_size=3,
+        **FIXED,
+    )
+    assert result["metric"] == "logit-diff" and set(result["methods"]) == {
+        "attattr",
+        "taylor",
+        "attention",
+        "random",
+    }
+    for curve in result["methods"].values():
+        assert curve["metric"][0] == pytest.approx(float(values.mean()), abs=1e-6)
+        assert curve["accuracy"][0] == pytest.approx(float(correct.double().mean()))
+    everything = torch.zeros(2, 4)
+    pruned, _ = predict_prompts(model, tok, HEAD_PROMPTS, head_gates=everything)
+    assert result["methods"]["attattr"]["metric"][-1] == pytest.approx(float(pruned.mean()), abs=1e-6)
+    eff = effectiveness(model, tok, HEAD_PROMPTS, step=4, batch_size=3, **FIXED)
+    assert eff["settings"]["metric"] == "logit-diff" and eff["counts"] == [0, 4, 8]
+    for curve in eff["curves"].values():
+        assert curve["metric"][0] == pytest.approx(float(values.mean()), abs=1e-6)
+        assert curve["metric"][-1] == pytest.approx(float(pruned.mean()), abs=1e-6)
+
+
+def test_heads_commands_run_on_a_prompt_file(lm_dir, tmp_path, run_cli):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"id": ex.id, "prompt": ex.prompt, "target": ex.target, "foil": ex.foil}) + "\n"
+            for ex in HEAD_PROMPTS
+        )
+    )
+    out = tmp_path / "imp"
+    common = ["--model", lm_dir, "--data", data, "--steps", "1", "--rule", "gauss-legendre", "--json"]
+    code, stdout, err = run_cli("heads", "importance", *common, "--examples", "3", "--out", out)
+    assert code == 0, err
+    assert (
+        json.loads(stdout)["settings"]["metric"] == "logit-diff"
+        and (out / "importance-attattr.png").is_file()
+    )
+    out = tmp_path / "prune"
+    code, stdout, err = run_cli(
+        "heads",
+        "prune",
+        *common,
+        "--importance-split",
+        "dev",
+        "--methods",
+        "attattr,random",
+        "--seeds",
+        "1",
+        "--examples",
+        "3",
+        "--out",
+        out,
+    )
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["metric"] == "logit-diff" and len(result["methods"]["attattr"]["metric"]) == 11
+    assert (out / "prune.png").is_file()
+    out = tmp_path / "eff"
+    code, stdout, err = run_cli(
+        "heads", "effectiveness", *common, "--examples", "3", "--step", "4", "--out", out
+    )
+    assert code == 0, err
+    assert (out / "effectiveness.png").is_file()

@@ -56,12 +56,15 @@ ProgressFn = Callable[[int], None]
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunExample:
-    """One input of a dataset run. `label`: the gold class index, or None."""
+    """One input of a dataset run. `label`: the gold class index, or None. A causal LM's prompt
+    (`attattr.prompts.PromptExample`) keeps its `target` and `foil` (a text or alternatives)."""
 
     id: str
     text: str
     text_pair: str | None = None
     label: int | None = None
+    target: Any = None
+    foil: Any = None
 
 
 def as_examples(
@@ -75,8 +78,12 @@ def as_examples(
         raise InputError("no examples given")
     out: list[RunExample] = []
     for i, x in enumerate(examples):
+        target = getattr(x, "target", None) if not isinstance(x, str | tuple | Mapping) else None
+        foil = getattr(x, "foil", None) if target is not None else None
         if isinstance(x, RunExample):
             eid, text, pair, label = x.id, x.text, x.text_pair, x.label
+        elif hasattr(x, "prompt") and target is not None:  # attattr.prompts.PromptExample
+            eid, text, pair, label = x.id, x.prompt, None, None
         elif isinstance(x, str):
             eid, text, pair, label = None, x, None, None
         elif isinstance(x, tuple):
@@ -98,7 +105,7 @@ def as_examples(
                 raise InputError(f"{what} of example {eid} is not a string ({type(value).__name__})")
             if not value.strip():
                 raise InputError(f"{what} of example {eid} is empty")
-        out.append(RunExample(eid, text, pair, _label(label, eid)))
+        out.append(RunExample(eid, text, pair, _label(label, eid), target, foil))
     if not out:
         raise InputError("no examples given")
     seen: set[str] = set()

@@ -549,7 +549,7 @@ class TokenObjective(Objective):
         self.per_token = bool(per_token)
         self.output = output
         if output is None and target != "gold":
-            self.output = _default_output(self.target, self.foil)
+            self.output = default_output(self.target, self.foil)
         if target == "predicted" and per_token:
             raise InputError(
                 "per-token attribution needs a continuation target (a text), not the top prediction"
@@ -596,7 +596,7 @@ class TokenObjective(Objective):
                 target, foil = getattr(it, "target", None), getattr(it, "foil", None)
                 if target is None:
                     raise InputError(f"target='gold' needs each example's target{where}")
-                output = self.output or _default_output(target, foil)
+                output = self.output or default_output(target, foil)
             else:
                 target, foil, output = self.target, self.foil, self.output
             outputs.add(output)
@@ -723,17 +723,14 @@ class TokenObjective(Objective):
 
     def correct(self, outputs: ModelOutputs) -> torch.Tensor:
         """Per row, whether the model gets the example right: the metric above 0 (logit-diff,
-        prob-diff); every target token the top prediction at its position (prob, logprob, logit)."""
+        prob-diff); the first target token the top prediction at the predicting position (prob,
+        logprob, logit)."""
         b = self._batch_or_fail()
         if self.name in ("logit-diff", "prob-diff"):
             return self(outputs, b.columns[:, 0, 0]) > 0
-        h = self._hidden_at(outputs, b.positions)
+        h = self._hidden_at(outputs, b.positions[:, :1])[:, 0]  # [rows, hidden]
         origins = outputs.origins.to(h.device)
-        best = lm_logits(outputs.model, h).argmax(dim=-1)  # [rows, P]
-        hit = (best == b.columns.to(h.device)[origins][..., 0]) | (
-            b.weights.to(h.device)[origins][..., 0] == 0
-        )
-        return hit.all(dim=1)
+        return lm_logits(outputs.model, h).argmax(dim=-1) == b.columns[:, 0, 0].to(h.device)[origins]
 
     # ---- results --------------------------------------------------------------------------------
     def annotate(self, attribution, index: int) -> None:
@@ -816,7 +813,9 @@ def _target_and_foil_mass(probs: torch.Tensor, b: _Batch) -> torch.Tensor:
     return torch.stack([target, foil], dim=1).cpu()
 
 
-def _default_output(target: Any, foil: Any) -> str:
+def default_output(target: Any, foil: Any) -> str:
+    """A causal LM's output for a target and foil: prob-diff for alternatives, logit-diff with a
+    foil, logprob for a continuation text, prob for the top prediction or a token id."""
     if foil is not None:
         return "prob-diff" if isinstance(foil, tuple) or isinstance(target, tuple) else "logit-diff"
     if isinstance(target, tuple):

@@ -1,6 +1,8 @@
 """attattr: the mean over examples of max_{i,j} Attr_h(x), the attribution of the gold label's
-probability (max pooling, SPEC §2). Its records also keep each head's largest attention weight,
-which the effectiveness analysis orders heads by."""
+probability (max pooling, SPEC §2); for a causal LM, of the prompts' metric (logit difference, ...).
+Its records also keep each head's largest attention weight, which the effectiveness analysis
+orders heads by (for a causal LM, over query positions after the first: the first token can only
+attend to itself, so every head's largest weight would be 1 there)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from ..core.engine import attribute_many, resolve_dtype
 from ..core.errors import InputError
 from ..core.quadrature import RULES
 from ..core.quadrature import rule as quadrature_rule
-from .base import Example, Method, Record, mean_importance, register_method, table
+from .base import Example, Method, Record, check_prompts, is_decoder, mean_importance, register_method, table
 from .importance import Importance
 
 if TYPE_CHECKING:
@@ -39,22 +41,45 @@ def attribution_records(
     rule: str,
     dtype: str | None,
     memory_budget: int | None = None,
+    metric: str | None = None,
 ) -> list[Record]:
     """Per example: the attribution importance (gold label), the max-attention importance, and
-    the unpruned prediction (gold-label probability, correctness). One engine call for the batch."""
+    the unpruned prediction (gold-label probability, correctness). One engine call for the batch.
+    Causal LMs: F is `metric` of each prompt's own target and foil; the record keeps "metric" (its
+    value) and "correct" (above 0; for logprob and prob, the first target token predicted)."""
+    decoder = is_decoder(model)
+    if decoder:
+        check_prompts(examples)
     out = []
     for attr in attribute_many(
         model,
         tokenizer,
         examples,
         target="gold",
-        output="prob",
+        output=metric if decoder else "prob",
         steps=steps,
         rule=rule,
         dtype=dtype,
         memory_budget=memory_budget,
         batch_size=len(examples),
     ):
+        if decoder:
+            d = attr.decoder
+            attention = attr.attentions[:, :, 1:] if attr.attentions.shape[2] > 1 else attr.attentions
+            if d["output"] in ("logit-diff", "prob-diff"):
+                correct = attr.output_value > 0
+            else:
+                correct = bool(d["top"]) and d["top"][0]["id"] == d["target"]["ids"][0]
+            out.append(
+                {
+                    "id": attr.example_id,
+                    "attattr": table(attr.head_importance()),
+                    "attention": table(attention.flatten(2).amax(dim=2)),
+                    "metric": attr.output_value,
+                    "correct": bool(correct),
+                }
+            )
+            continue
         out.append(
             {
                 "id": attr.example_id,
@@ -77,6 +102,7 @@ def _records(model, tokenizer, examples: Sequence[Example], settings: Mapping[st
         rule=settings["rule"],
         dtype=settings.get("dtype"),
         memory_budget=settings.get("memory_budget"),
+        metric=settings.get("metric"),
     )
 
 

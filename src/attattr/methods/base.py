@@ -6,6 +6,11 @@ A method is registered by name with two functions:
   merge(records, num_layers=, num_heads=, settings=) -> `Importance` over the dataset.
 A method without `records` (random) needs no examples. The dataset runner calls `records` once per
 shard and appends what it returns to the run file, so a method's records must be plain JSON values.
+
+Causal LMs (docs/decoders.md) run over prompts with their own targets and foils, scored by a metric
+(`settings["metric"]`: "logit-diff", "prob-diff", "logprob"; default by the prompts' targets) in place
+of the gold label's probability: attattr attributes the metric, taylor differentiates it, accuracy
+means the metric above 0 (or, for logprob, the first target token predicted).
 """
 
 from __future__ import annotations
@@ -94,6 +99,58 @@ def encode_examples(
         device=device,
     )
     return enc
+
+
+def is_decoder(model: PreTrainedModel) -> bool:
+    """A causal LM (its examples are prompts with targets, scored by a metric)."""
+    from ..core.objectives import is_causal_lm
+
+    return is_causal_lm(model)
+
+
+def prompt_metric(examples: Sequence[Example], metric: str | None) -> str:
+    """The metric of a causal LM's run: `metric`, or the default for the first prompt's target and
+    foil (logit-diff with a foil, prob-diff with alternatives, logprob otherwise)."""
+    from ..core.objectives import TOKEN_OUTPUTS, default_output
+
+    if metric is not None:
+        if metric not in TOKEN_OUTPUTS:
+            raise InputError(f"unknown metric {metric!r}; choose one of: {', '.join(TOKEN_OUTPUTS)}")
+        return metric
+    first = examples[0] if examples else None
+    if first is None or getattr(first, "target", None) is None:
+        return "logprob"
+    return default_output(first.target, getattr(first, "foil", None))
+
+
+def check_prompts(examples: Sequence[Example]) -> None:
+    """Every prompt of a causal LM's run has its target (InputError naming the first without)."""
+    missing = [x.id for x in examples if getattr(x, "target", None) is None]
+    if missing:
+        raise InputError(
+            f"a causal language model's analysis needs each prompt's target; missing for {', '.join(missing[:3])} "
+            "(use a prompt set such as ioi, or a prompt file with a target column)"
+        )
+
+
+def encode_prompt_examples(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    metric: str | None,
+):
+    """(objective, encoding) of a batch of prompts: each prompt's own target (objective target
+    "gold"), on the model's device; the objective reads the batch it encoded."""
+    from ..core.objectives import make_objective
+
+    device = next(model.parameters()).device
+    objective = make_objective(metric, "gold", model=model)
+    objective.check(model)
+    items = objective.expand(examples, tokenizer)
+    enc, _ = objective.encode(
+        tokenizer, items, max_length=model_max_length(model, tokenizer), truncate=False, device=device
+    )
+    return objective, enc
 
 
 def pairs_or_none(examples: Sequence[Example]) -> list[str | None] | None:

@@ -1,5 +1,6 @@
 """taylor (Michel et al., 2019): E_x |dL(x)/dxi_h| at gates xi = 1, L the cross-entropy of the gold
-label, then each layer's row divided by its l2 norm."""
+label, then each layer's row divided by its l2 norm. For a causal LM, L is the prompts' metric
+(logit difference, ...): the same F that attattr attributes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,18 @@ import torch
 
 from ..core.encoding import model_inputs
 from ..core.hooks import AttentionHook, model_num_heads, model_num_layers
-from .base import Example, Method, Record, encode_examples, per_example_tables, register_method, table
+from .base import (
+    Example,
+    Method,
+    Record,
+    check_prompts,
+    encode_examples,
+    encode_prompt_examples,
+    is_decoder,
+    per_example_tables,
+    register_method,
+    table,
+)
 from .importance import Importance
 
 
@@ -21,11 +33,19 @@ def taylor_records(
 
     Each example has its own gates `[examples, layers, heads]`; the summed loss's gradient w.r.t. an
     example's gates is that example's own gradient, so one pass serves the whole batch."""
-    enc = encode_examples(model, tokenizer, examples)
     num_layers, num_heads = model_num_layers(model), model_num_heads(model)
     param = next(model.parameters())
     gates = torch.ones(len(examples), num_layers, num_heads, device=param.device, dtype=param.dtype)
     gates.requires_grad_(True)
+    if is_decoder(model):
+        check_prompts(examples)
+        objective, enc = encode_prompt_examples(model, tokenizer, examples, settings.get("metric"))
+        with torch.enable_grad(), AttentionHook(model, head_gates=gates) as hook:
+            outputs = objective.readout(model)(model, model_inputs(enc, model), hook)
+            values = objective(outputs, objective.resolve(outputs, [None] * len(examples)))
+            (grad,) = torch.autograd.grad(values.sum(), gates)
+        return [{"id": x.id, "taylor": table(grad[b].abs())} for b, x in enumerate(examples)]
+    enc = encode_examples(model, tokenizer, examples)
     gold = torch.tensor([x.label for x in examples], device=gates.device)
     with torch.enable_grad(), AttentionHook(model, head_gates=gates):
         logits = model(**model_inputs(enc, model)).logits.float()

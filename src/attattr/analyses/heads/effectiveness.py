@@ -1,7 +1,8 @@
 """Effectiveness of per-example head orderings (SPEC §2a, the paper's Fig. 2): per example, prune
 its k least (or most) important heads by its own attribution (gold label) or by its own max
 attention weight; accuracy and mean gold-label probability against k. A resumable run: one record
-per example with its four curves."""
+per example with its four curves. A causal LM's prompts are scored by their metric instead of the
+gold label's probability (the curves' "metric"; accuracy: the metric above 0)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ...core.encoding import predict
+from ...core.encoding import predict, predict_prompts
 from ...core.hooks import model_num_heads, model_num_layers
 from ...methods.attribution import attribution_records, check_integration
-from ...methods.base import pairs_or_none
+from ...methods.base import check_prompts, is_decoder, pairs_or_none, prompt_metric
 from ...methods.gates import mask_key, per_example_gates
 from ..runs import Executor, Job, RunExample, as_examples, check_count, register_shard_function, run
 from .importance import ProgressFn, StoreArg, store_for
@@ -50,6 +51,7 @@ def effectiveness_shard(model, tokenizer, examples: Sequence[RunExample], job: J
         rule=s["rule"],
         dtype=s["dtype"],
         memory_budget=job.options.get("memory_budget"),
+        metric=s.get("metric"),
     )
     # one row per distinct (example, pruned set): k = 0 and k = all are shared by the four curves
     rows_gates: list[torch.Tensor] = []
@@ -73,6 +75,24 @@ def effectiveness_shard(model, tokenizer, examples: Sequence[RunExample], job: J
                 slots[curve].append(seen[key])
         where.append(slots)
     rows = [examples[b] for b in rows_example]
+    if s.get("metric") is not None:  # a causal LM: each prompt's metric with the heads pruned
+        values, correct = predict_prompts(
+            model,
+            tokenizer,
+            rows,
+            output=s["metric"],
+            batch_size=job.options.get("eval_batch_size", 64),
+            head_gates=torch.stack(rows_gates),
+        )
+        for b, record in enumerate(records):
+            record["curves"] = {
+                curve: {
+                    "correct": [bool(correct[r]) for r in where[b][curve]],
+                    "metric": [float(values[r]) for r in where[b][curve]],
+                }
+                for curve in CURVES
+            }
+        return records
     probs = predict(
         model,
         tokenizer,
@@ -94,12 +114,14 @@ def effectiveness_shard(model, tokenizer, examples: Sequence[RunExample], job: J
 
 
 def merge_effectiveness(records: Sequence[dict[str, Any]], counts: list[int]) -> dict[str, Any]:
-    """Mean accuracy and gold-label probability per curve and k, and the summary of the gaps."""
+    """Mean accuracy and gold-label probability (a causal LM: the metric) per curve and k, and the
+    summary of the gaps."""
     curves = {}
     for curve in CURVES:
         correct = np.array([r["curves"][curve]["correct"] for r in records], dtype=np.float64)
-        prob = np.array([r["curves"][curve]["probability"] for r in records], dtype=np.float64)
-        curves[curve] = {"accuracy": correct.mean(0).tolist(), "probability": prob.mean(0).tolist()}
+        key = "metric" if records and "metric" in records[0]["curves"][curve] else "probability"
+        values = np.array([r["curves"][curve][key] for r in records], dtype=np.float64)
+        curves[curve] = {"accuracy": correct.mean(0).tolist(), key: values.mean(0).tolist()}
     return {"curves": curves, "summary": effectiveness_summary(counts, curves)}
 
 
@@ -122,17 +144,28 @@ def effectiveness(
     settings: dict[str, Any] | None = None,
     executor: Executor | None = None,
     model_source: str | None = None,
+    metric: str | None = None,
 ) -> dict[str, Any]:
     """Returns {"counts": [k...], "curves": {curve: {"accuracy": [...], "probability": [...]}},
     "examples": N, "example_ids": [...], "settings": {...}, "summary": {...}}.
-    store / runs_dir / fresh: as for `head_importance` (file `effectiveness-<hash>.jsonl`)."""
+    store / runs_dir / fresh: as for `head_importance` (file `effectiveness-<hash>.jsonl`).
+    A causal LM: prompts with targets, scored by `metric` (default by their targets); the curves
+    hold "metric" (its mean) instead of "probability", and the result names it ("metric")."""
     check_integration(steps, rule, dtype)
     check_count(batch_size, "batch size")
     check_count(eval_batch_size, "evaluation batch size")
     num_layers, num_heads = model_num_layers(model), model_num_heads(model)
     counts = prune_counts(num_layers * num_heads, step)
-    items = as_examples(examples, need_labels=True, num_labels=model.config.num_labels)
+    if is_decoder(model):
+        items = as_examples(examples)
+        check_prompts(items)
+        metric = prompt_metric(items, metric)
+    else:
+        items = as_examples(examples, need_labels=True, num_labels=model.config.num_labels)
+        metric = None
     context = dict(settings or {})
+    if metric is not None:
+        context["metric"] = metric
     job = Job(
         KIND,
         {

@@ -17,6 +17,7 @@ from ...core.errors import InputError
 from ...core.hooks import model_num_heads, model_num_layers
 from ...methods import Importance, get_method
 from ...methods.attribution import check_integration
+from ...methods.base import check_prompts, is_decoder, prompt_metric
 from ..runs import (
     Executor,
     Job,
@@ -80,10 +81,13 @@ def importance_job(
     eval_batch_size: int = 64,
     memory_budget: int | None = None,
     context: Mapping[str, Any] | None = None,
+    metric: str | None = None,
 ) -> Job:
     """The job of one method over `examples`: its settings (the run file's header) are what the
-    numbers depend on, `context` (model, data, split, ...) included."""
+    numbers depend on, `context` (model, data, split, ...) included; `metric`: a causal LM's."""
     settings: dict[str, Any] = {"method": method, **(context or {}), "examples": [x.id for x in examples]}
+    if metric is not None:
+        settings["metric"] = metric
     settings["batch_size"] = batch_size
     if get_method(method).integration:
         settings.update({"steps": steps, "rule": rule, "dtype": dtype or "float32"})
@@ -127,11 +131,15 @@ def head_importance(
     settings: dict[str, Any] | None = None,
     executor: Executor | None = None,
     model_source: str | None = None,
+    metric: str | None = None,
 ) -> Importance:
     """Dataset-level head importance by `method` (see `attattr.methods`).
 
     examples: `attattr.data.Example`s (id, text, text_pair, label), texts or tuples; labels are
         needed by attattr, taylor and accuracy-diff; ignored by random (examples may be None).
+        A causal LM takes prompts with targets (`attattr.prompts.PromptExample`s, e.g. the `ioi`
+        set) and scores them by `metric` ("logit-diff", "prob-diff", "logprob"; default by the
+        prompts' targets) in place of the gold label's probability (docs/decoders.md).
     batch_size: examples per shard (attattr: per engine call; taylor/attention: per forward).
     steps, rule, dtype, memory_budget: the engine's integration options (attattr only).
     store / runs_dir / fresh: where records go and resume from: a store or a run-file path; or a
@@ -150,7 +158,14 @@ def head_importance(
         return m.merge(
             [], num_layers=num_layers, num_heads=num_heads, settings={**context, "seed": int(seed)}
         )
-    items = as_examples(examples, need_labels=m.needs_labels, num_labels=model.config.num_labels)
+    decoder = is_decoder(model)
+    if decoder:
+        items = as_examples(examples)
+        check_prompts(items)
+        metric = prompt_metric(items, metric)
+    else:
+        items = as_examples(examples, need_labels=m.needs_labels, num_labels=model.config.num_labels)
+        metric = None
     job = importance_job(
         method,
         items,
@@ -161,6 +176,7 @@ def head_importance(
         eval_batch_size=eval_batch_size,
         memory_budget=memory_budget,
         context=context,
+        metric=metric,
     )
     run_store = store_for(job, store, runs_dir, f"importance-{method}", fresh)
     model.eval()
@@ -179,4 +195,6 @@ def head_importance(
     if m.integration:
         info.update({"steps": steps, "rule": rule, "dtype": dtype or "float32"})
     info["batch_size"] = batch_size
+    if metric is not None:
+        info["metric"] = metric
     return m.merge(records, num_layers=num_layers, num_heads=num_heads, settings=info)

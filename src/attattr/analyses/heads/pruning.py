@@ -1,6 +1,7 @@
 """Head pruning by dataset importance (SPEC §2b, the paper's Fig. 3): prune the p least important
 heads for p = 0, 10, ..., 100 % of all heads and evaluate on a whole evaluation split, for each
-importance method (random: the mean over seeds)."""
+importance method (random: the mean over seeds). A causal LM is evaluated on prompts by their
+metric (mean logit difference, ...; accuracy: the metric above 0)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ...core.encoding import predict, token_count
+from ...core.encoding import predict, predict_prompts, token_count
 from ...core.errors import InputError
 from ...core.hooks import model_num_heads, model_num_layers
 from ...methods import Importance, get_method
+from ...methods.base import check_prompts, is_decoder, prompt_metric
 from ...methods.gates import mask_key
 from ..runs import Executor, Job, as_examples, check_count
 from .importance import (
@@ -50,6 +52,7 @@ def pruning_curves(
     fresh: bool = False,
     settings: dict[str, Any] | None = None,
     on_evaluation: ProgressFn | None = None,
+    metric: str | None = None,
 ) -> dict[str, Any]:
     """Prune the p least important heads (p = fraction of all heads) and evaluate on `eval_examples`.
 
@@ -59,9 +62,18 @@ def pruning_curves(
     store / runs_dir / fresh (file `prune-eval-<hash>.jsonl`) make the run resumable.
     Returns {"fractions", "counts", "methods": {method: {"accuracy", "probability"[, "accuracy_std",
     "seeds"]}}, "full_accuracy", ...}.
+    A causal LM: prompts with targets scored by `metric` (default by their targets): each method
+    has "metric" (the mean over prompts) in place of "probability", and the result names it.
     """
     check_count(eval_batch_size, "evaluation batch size")
-    items = as_examples(eval_examples, need_labels=True, num_labels=model.config.num_labels)
+    decoder = is_decoder(model)
+    if decoder:
+        items = as_examples(eval_examples)
+        check_prompts(items)
+        metric = prompt_metric(items, metric)
+    else:
+        items = as_examples(eval_examples, need_labels=True, num_labels=model.config.num_labels)
+        metric = None
     num_layers, num_heads = model_num_layers(model), model_num_heads(model)
     total = num_layers * num_heads
     for f in fractions:
@@ -81,6 +93,7 @@ def pruning_curves(
             "eval_examples": [x.id for x in items],
             "eval_order": "by-length",
             "total_heads": total,
+            **({"metric": metric} if metric is not None else {}),
         },
     )
     run_store = store_for(job, store, runs_dir, "prune-eval", fresh)
@@ -90,7 +103,21 @@ def pruning_curves(
     texts = [x.text for x in by_length]
     pairs = [x.text_pair for x in by_length]
     pairs_arg = pairs if any(p is not None for p in pairs) else None
-    labels = torch.tensor([x.label for x in by_length])
+    labels = torch.tensor([x.label if x.label is not None else -1 for x in by_length])
+    value_key = "metric" if decoder else "probability"
+
+    def evaluate(gates: torch.Tensor) -> tuple[float, float]:
+        """(accuracy, mean gold-label probability or mean metric) with `gates` applied."""
+        if decoder:
+            values, correct = predict_prompts(
+                model, tokenizer, by_length, output=metric, batch_size=eval_batch_size, head_gates=gates
+            )
+            return float(correct.double().mean()), float(values.double().mean())
+        probs = predict(model, tokenizer, texts, pairs_arg, batch_size=eval_batch_size, head_gates=gates)
+        return (
+            float((probs.argmax(-1) == labels).double().mean()),
+            float(probs.gather(1, labels[:, None]).double().mean()),
+        )
 
     results: dict[str, dict[str, list[float]]] = {}
     with run_store.session():
@@ -100,23 +127,16 @@ def pruning_curves(
                 gates = imp.prune_gates(k)
                 key = mask_key(gates)
                 if not run_store.done(key):
-                    probs = predict(
-                        model, tokenizer, texts, pairs_arg, batch_size=eval_batch_size, head_gates=gates
-                    )
+                    accuracy, value = evaluate(gates)
                     run_store.append(
-                        {
-                            "id": key,
-                            "pruned": int((gates == 0).sum()),
-                            "accuracy": float((probs.argmax(-1) == labels).double().mean()),
-                            "probability": float(probs.gather(1, labels[:, None]).double().mean()),
-                        }
+                        {"id": key, "pruned": int((gates == 0).sum()), "accuracy": accuracy, value_key: value}
                     )
                 record = run_store.ordered([key])[0]
                 acc.append(record["accuracy"])
-                prob.append(record["probability"])
+                prob.append(record[value_key])
                 if on_evaluation is not None:
                     on_evaluation(1)
-            results[label] = {"accuracy": acc, "probability": prob}
+            results[label] = {"accuracy": acc, value_key: prob}
 
     methods: dict[str, dict[str, Any]] = {}
     random_labels = [lab for lab in results if lab == "random" or lab.startswith("random-")]
@@ -125,12 +145,12 @@ def pruning_curves(
             methods[label] = values
     if random_labels:
         acc = np.array([results[lab]["accuracy"] for lab in random_labels])
-        prob = np.array([results[lab]["probability"] for lab in random_labels])
+        prob = np.array([results[lab][value_key] for lab in random_labels])
         methods["random"] = {
             "accuracy": acc.mean(0).tolist(),
-            "probability": prob.mean(0).tolist(),
+            value_key: prob.mean(0).tolist(),
             "accuracy_std": acc.std(0).tolist(),
-            "probability_std": prob.std(0).tolist(),
+            f"{value_key}_std": prob.std(0).tolist(),
             "seeds": random_labels,
             "per_seed": {lab: results[lab] for lab in random_labels},
         }
@@ -138,6 +158,11 @@ def pruning_curves(
     span = x[-1] - x[0] if len(x) > 1 else 1.0
     return {
         "kind": "pruning",
+        **(
+            {"metric": metric, f"mean_{value_key}": _mean_area(methods, value_key, x, span)}
+            if decoder
+            else {}
+        ),
         "fractions": list(fractions),
         "counts": counts,
         "total_heads": total,
@@ -145,6 +170,11 @@ def pruning_curves(
         "methods": methods,
         "mean_accuracy": {m: float(np.trapezoid(v["accuracy"], x) / span) for m, v in methods.items()},
     }
+
+
+def _mean_area(methods: dict[str, dict[str, Any]], key: str, x: np.ndarray, span: float) -> dict[str, float]:
+    """Per method, the mean of `key` over the pruned fractions (area under the curve / span)."""
+    return {m: float(np.trapezoid(v[key], x) / span) for m, v in methods.items()}
 
 
 @contextlib.contextmanager
@@ -184,13 +214,15 @@ def prune_experiment(
     progress: ProgressFactory = _no_progress,
     executor: Executor | None = None,
     model_source: str | None = None,
+    metric: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Importance]]:
     """The whole Fig. 3 experiment: every method's importance over `importance_examples`
     (random: `seeds` seeds, labelled "random-<seed>"), then the pruning curves on `eval_examples`.
 
     context: what identifies the model and data (model_id, data); importance_context / eval_context:
     what identifies each set (split, sample). executor, model_source: where the importance shards
-    run (the pruned evaluations run here). Returns (result, importances by label)."""
+    run (the pruned evaluations run here). metric: a causal LM's (default by the prompts' targets),
+    for importance and evaluation alike. Returns (result, importances by label)."""
     options = dict(
         steps=steps, rule=rule, dtype=dtype, batch_size=batch_size, eval_batch_size=eval_batch_size
     )
@@ -217,6 +249,7 @@ def prune_experiment(
                     on_example=advance,
                     executor=executor,
                     model_source=model_source,
+                    metric=metric,
                     settings={
                         "kind": "importance",
                         "method": method,
@@ -240,6 +273,7 @@ def prune_experiment(
             fresh=fresh,
             settings={"kind": "pruning", **context, **(eval_context or {})},
             on_evaluation=advance,
+            metric=metric,
         )
     imp_count = next((len(i.example_ids) for i in importances.values() if i.example_ids), 0)
     result["settings"] = {

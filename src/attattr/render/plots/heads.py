@@ -27,6 +27,16 @@ METHOD_TITLES = {
 }
 
 
+# how a causal LM's metric is named on an axis
+METRIC_LABELS = {
+    "logit-diff": "logit difference (target - foil)",
+    "prob-diff": "probability difference (target - foil)",
+    "logprob": "target log-probability",
+    "prob": "target probability",
+    "logit": "target logit",
+}
+
+
 def plot_importance(importance, path: str | Path, *, title: str | None = None) -> list[Path]:
     """Heatmap of a `[layers, heads]` importance, one annotated cell per head (layer 0 at the bottom)."""
     scores = importance.scores.double().numpy()
@@ -85,10 +95,14 @@ def plot_effectiveness(result: dict[str, Any], path: str | Path, *, title: str |
         "attention-smallest": ("attention", "-", "attention, smallest first"),
         "attention-largest": ("attention", "--", "attention, largest first"),
     }
-    for ax, metric, ylabel in (
-        (axes[0], "accuracy", "accuracy"),
-        (axes[1], "probability", "mean gold-label probability"),
-    ):
+    # a causal LM's prompts are scored by their metric (logit difference, ...) instead
+    name = (result.get("settings") or {}).get("metric")
+    second = (
+        ("metric", f"mean {METRIC_LABELS.get(name, name)}")
+        if name
+        else ("probability", "mean gold-label probability")
+    )
+    for ax, metric, ylabel in ((axes[0], "accuracy", "accuracy"), (axes[1], *second)):
         for curve, (method, dash, label) in lines.items():
             ax.plot(
                 counts,
@@ -103,7 +117,10 @@ def plot_effectiveness(result: dict[str, Any], path: str | Path, *, title: str |
         ax.set_xlabel("heads pruned per example")
         ax.set_ylabel(ylabel)
         ax.set_xlim(0, result["total_heads"])
-        ax.set_ylim(-0.02, 1.02)
+        if metric != "metric":
+            ax.set_ylim(-0.02, 1.02)
+        else:
+            ax.axhline(0.0, color="0.5", linewidth=0.6)
         ax.grid(alpha=0.3, linewidth=0.5)
     axes[0].legend(loc="lower left", frameon=False, fontsize=8)
     n = result.get("examples")
@@ -115,41 +132,57 @@ def plot_effectiveness(result: dict[str, Any], path: str | Path, *, title: str |
 def plot_pruning(result: dict[str, Any], path: str | Path, *, title: str | None = None) -> list[Path]:
     """Fig. 3: evaluation accuracy against the fraction of heads pruned, least important first."""
     x = 100 * np.asarray(result["fractions"])
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    metric = result.get("metric")  # a causal LM: a second panel with the mean metric
+    panels = [("accuracy", "accuracy")]
+    if metric:
+        panels.append(("metric", f"mean {METRIC_LABELS.get(metric, metric)}"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 3.8), squeeze=False)
     order = ["attattr", "taylor", "accuracy-diff", "attention", "random"]
     methods = result["methods"]
     names = [m for m in order if m in methods] + [m for m in methods if m not in order]
-    for name in names:
-        values = methods[name]
-        style = METHOD_STYLE.get(name, {"color": None, "label": name})
-        acc = np.asarray(values["accuracy"])
-        if name == "random" and "accuracy_std" in values:
-            std = np.asarray(values["accuracy_std"])
-            seeds = len(values.get("seeds", []))
-            ax.fill_between(x, acc - std, acc + std, color=style["color"], alpha=0.2, linewidth=0)
-            ax.plot(
-                x, acc, ":", color=style["color"], linewidth=1.6, label=f"random (mean ± sd, {seeds} seeds)"
-            )
-        else:
-            ax.plot(
-                x,
-                acc,
-                "-",
-                color=style["color"],
-                marker="o",
-                markersize=3,
-                linewidth=1.6,
-                label=style["label"],
-            )
-    ax.set_xlabel("heads pruned (%), least important first")
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0, 100)
-    ax.set_xticks(np.arange(0, 101, 10))
-    ax.grid(alpha=0.3, linewidth=0.5)
-    ax.legend(loc="lower left", frameon=False, fontsize=8)
-    ax.set_title(
+    for ax, (key, ylabel) in zip(axes[0], panels, strict=True):
+        for name in names:
+            values = methods[name]
+            style = METHOD_STYLE.get(name, {"color": None, "label": name})
+            acc = np.asarray(values[key])
+            if name == "random" and f"{key}_std" in values:
+                std = np.asarray(values[f"{key}_std"])
+                seeds = len(values.get("seeds", []))
+                ax.fill_between(x, acc - std, acc + std, color=style["color"], alpha=0.2, linewidth=0)
+                ax.plot(
+                    x,
+                    acc,
+                    ":",
+                    color=style["color"],
+                    linewidth=1.6,
+                    label=f"random (mean ± sd, {seeds} seeds)",
+                )
+            else:
+                ax.plot(
+                    x,
+                    acc,
+                    "-",
+                    color=style["color"],
+                    marker="o",
+                    markersize=3,
+                    linewidth=1.6,
+                    label=style["label"],
+                )
+        ax.set_xlabel("heads pruned (%), least important first")
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(0, 100)
+        ax.set_xticks(np.arange(0, 101, 10))
+        ax.grid(alpha=0.3, linewidth=0.5)
+        if key == "metric":
+            ax.axhline(0.0, color="0.5", linewidth=0.6)
+    axes[0][0].legend(loc="lower left", frameon=False, fontsize=8)
+    heading = (
         title or f"Pruning heads by dataset importance (evaluated on {result['eval_examples']} examples)"
     )
+    if len(panels) > 1:
+        fig.suptitle(heading)
+    else:
+        axes[0][0].set_title(heading)
     fig.tight_layout()
     return save_figure(fig, path)
 
