@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from rich.markup import escape
+
 from ..core.errors import AttattrError
 from . import explain_cmd, heads_cmd, models_cmd, tree_cmd, triggers_cmd  # noqa: F401  (register commands)
 from .app import app
@@ -17,7 +19,10 @@ def main() -> None:
     try:
         app()
     except AttattrError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+        # escaped: a message may hold brackets (`attattr[ray]`, a list) that are not markup
+        err_console.print(
+            f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True
+        )
         sys.exit(2)
     except KeyboardInterrupt:  # before a command runs (while importing)
         err_console.print(INTERRUPTED, markup=False, highlight=False)
