@@ -450,7 +450,10 @@ def test_explain_reports_nodes_and_flags_unconverged_layers(tmp_path, save_tiny_
     assert "error-controlled to tol 0.0001" in out and "nodes per layer" in out
     assert "did not reach tol 0.0001" in " ".join(err.split())
     meta = json.loads((tmp_path / "o" / "meta.json").read_text())
-    assert any(r["converged"] is False for r in meta["integration"])
+    missed = [r["layer"] for r in meta["integration"] if r["converged"] is False]
+    assert missed
+    report = (tmp_path / "o" / "report.html").read_text()
+    assert "did not reach it within the work budget" in report and "<th>error estimate</th>" in report
     code, out, _ = run_cli("explain", TEXTS[0], "--model", model_dir, "--json")
     summary = json.loads(out)
     assert code == 0 and summary["tol"] == DEFAULT_TOL and len(summary["integration"]) == 3

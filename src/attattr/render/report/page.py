@@ -157,7 +157,9 @@ def _header(title: str, a: Attribution | None) -> str:
             f"model <code>{escape(a.model_id)}</code>",
             f"{len(a.tokens)} tokens",
             f"{len(a.layers)} layers &times; {int(a.scores.shape[1])} heads",
-            f"integration: {escape(a.rule)}, {a.steps} steps",
+            f"integration: {escape(a.rule)}, {a.steps} steps"
+            if a.tol is None
+            else f"integration: error-controlled to tol {a.tol:g}, at most {a.steps} nodes per layer",
         ]
         if a.example_id is not None:
             bits.insert(0, f"example <code>{escape(a.example_id)}</code>")
@@ -352,21 +354,52 @@ def _tree_section(svg: str | None, payload: dict | None, note: str | None) -> st
 
 
 def _completeness_section(a: Attribution) -> str:
+    # error-controlled: each layer's nodes, subintervals, dtype, error estimate and convergence too
+    records = a.integration if a.tol is not None and a.integration else None
     rows = []
-    for r in a.completeness_table():
+    for i, r in enumerate(a.completeness_table()):
         delta = r["output_delta"]
         rel = abs(r["gap"]) / abs(delta) if delta else float("nan")
+        extra = ""
+        if records:
+            rec = records[i]
+            estimate = "–" if rec["error_estimate"] is None else f"{rec['error_estimate']:.1e}"
+            ok = "yes" if rec["converged"] else '<strong class="warn">no</strong>'
+            extra = (
+                f'<td class="num">{rec["nodes"]}</td><td class="num">{rec["subintervals"]}</td>'
+                f'<td>{escape(rec["dtype"])}</td><td class="num">{estimate}</td><td>{ok}</td>'
+            )
         rows.append(
             f'<tr><td class="num">{r["layer"]}</td><td class="num">{format_value(r["sum_scores"])}</td>'
             f'<td class="num">{format_value(delta)}</td><td class="num">{format_value(r["gap"])}</td>'
-            f'<td class="num">{"" if not math.isfinite(rel) else f"{100 * rel:.2f}%"}</td></tr>'
+            f'<td class="num">{"" if not math.isfinite(rel) else f"{100 * rel:.2f}%"}</td>{extra}</tr>'
         )
+    if records:
+        caption = (
+            "Integrated gradients are complete: per layer, the scores sum to F(A) − F(0·A). Each layer was "
+            f"integrated to an estimated relative error of at most {a.tol:g} (error-controlled, adaptive "
+            "Gauss–Kronrod): the nodes and subintervals of [0, 1] it took, and its error estimate."
+        )
+        head_extra = (
+            "<th>nodes</th><th>subintervals</th><th>dtype</th><th>error estimate</th><th>converged</th>"
+        )
+        missed = a.unconverged_layers()
+        if missed:
+            caption += (
+                f' <strong class="warn">Layer{"s" if len(missed) > 1 else ""} {", ".join(map(str, missed))} '
+                f"did not reach it within the work budget: their scores are less accurate than asked.</strong>"
+            )
+    else:
+        caption = (
+            "Integrated gradients are complete: per layer, the scores sum to F(A) − F(0·A). The gap is "
+            f"the integration error of the {escape(a.rule)} rule with {a.steps} steps; more steps shrink it."
+        )
+        head_extra = ""
     return f"""<section id="completeness">
 <h2>Completeness</h2>
-<p class="caption">Integrated gradients are complete: per layer, the scores sum to F(A) − F(0·A). The gap is
-the integration error of the {escape(a.rule)} rule with {a.steps} steps; more steps shrink it.</p>
+<p class="caption">{caption}</p>
 <table class="data"><thead><tr><th>layer</th><th>sum of scores</th><th>F(A) − F(0·A)</th><th>gap</th>
-<th>relative gap</th></tr></thead><tbody>{"".join(rows)}</tbody></table>
+<th>relative gap</th>{head_extra}</tr></thead><tbody>{"".join(rows)}</tbody></table>
 </section>"""
 
 
