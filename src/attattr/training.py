@@ -236,10 +236,12 @@ def recover_interrupted(name: str, home: Path | None = None) -> Path | None:
     moved aside to `.old-<name>-<pid>-<n>` and no model in its place. The newest complete one is
     put back (returned); leftovers next to a model in place are removed. Directories of a process
     that is still running are left alone (it is between its renames right now). A model in place
-    that is not complete is not touched, and neither are the leftovers then."""
+    that is not complete is not touched, and neither are the leftovers then. Temporary `.tmp-*`
+    directories of runs that are gone are removed too."""
     final = recipe_dir(name, home)
     if not final.parent.is_dir():
         return None
+    _clean_stale(final.parent, name)
     left = [p for p in _aside(final.parent, name) if not _process_alive(p)]
     if not left or (final.exists() and not is_built(name, home)):
         return None

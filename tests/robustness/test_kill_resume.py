@@ -338,3 +338,43 @@ def test_ctrl_c_says_what_is_kept_and_the_run_resumes(files, tmp_path, run_cli):
     assert code == 0, err
     resumed = {r["id"]: r for r in _records(run_file)}
     assert len(resumed) == 24 and all(resumed[r["id"]] == r for r in kept)
+
+
+def _replace_and_die(home: str) -> None:
+    """A `train --force` replacing a built model, killed by SIGKILL between its two renames."""
+    from attattr import training
+    from tests.conftest import build_tiny_model, build_tiny_tokenizer
+
+    final = Path(home) / "models" / "minilm-rt"
+    model, tok = build_tiny_model("bert", layers=1, heads=2), build_tiny_tokenizer()
+    rename = os.rename
+
+    def rename_then_die(src, dst):
+        rename(src, dst)
+        if Path(dst).name.startswith(".old-"):  # the old model is aside, the new one not yet in
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    training.os.rename = rename_then_die
+    training._save_atomically(
+        model, tok, {"recipe": "minilm-rt", "dev_accuracy": 0.9}, final, force=True, started=0
+    )
+
+
+def test_training_replacement_killed_between_renames_is_restored(attattr_home):
+    from attattr import models, training
+    from tests.conftest import build_tiny_model, build_tiny_tokenizer
+
+    final = attattr_home / "models" / "minilm-rt"
+    model, tok = build_tiny_model("bert", layers=1, heads=2), build_tiny_tokenizer()
+    training._save_atomically(
+        model, tok, {"recipe": "minilm-rt", "dev_accuracy": 0.7}, final, force=True, started=0
+    )
+    proc = _context().Process(target=_replace_and_die, args=(str(attattr_home),))
+    proc.start()
+    proc.join(DEADLINE)
+    assert proc.exitcode == -signal.SIGKILL
+    [aside] = final.parent.glob(".old-minilm-rt-*")
+    assert not final.exists() and not models.is_built("minilm-rt")
+    loaded = models.load("minilm-rt", build=False, quiet=True)  # the next load puts the old model back
+    assert loaded.manifest["dev_accuracy"] == 0.7 and not aside.exists()
+    assert [p.name for p in final.parent.iterdir() if p.name.startswith((".old", ".tmp"))] == []
