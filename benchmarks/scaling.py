@@ -20,7 +20,10 @@ is compared with the plain run's (max absolute difference; 0 where the thread co
 
 On machines without network, everything stays on 127.0.0.1: the clusters started here get the
 settings of tests/ray/guard (Ray's cloud-metadata probe and usage report stubbed, usage stats off,
-the report URL on a closed loopback port). Results: benchmarks/results/scaling-latest.{json,md}.
+the report URL on a closed loopback port). Results: benchmarks/results/scaling-latest.{json,md}
+(--quick: /tmp/attattr-bench/scaling-quick.*). With --address, the workers import this file by
+name from the same folder as here (Ray puts the driver's script folder on their path), so the
+repository must sit at the same path on every node.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import socket
 import sys
 import tempfile
@@ -198,12 +202,20 @@ def main() -> int:
         args.out = Path(tempfile.gettempdir()) / "attattr-bench" if args.quick else HERE / "results"
     guard_ray()
     register_noop()
+    load_start = os.getloadavg()
+    loaded, source = load_model(args.model, args.threads)
+    try:
+        return measure(args, loaded, source, load_start)
+    finally:
+        if args.model == "minilm-random":
+            shutil.rmtree(source, ignore_errors=True)
+
+
+def measure(args, loaded, source, load_start) -> int:
     import torch
 
     from attattr.data import load_dataset
 
-    load_start = os.getloadavg()
-    loaded, source = load_model(args.model, args.threads)
     examples = load_dataset("rotten-tomatoes", "dev", limit=args.examples).examples
     print(
         f"{len(examples)} examples, model {loaded.model_id}, load average {load_start[0]:.1f}",

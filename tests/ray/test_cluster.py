@@ -109,7 +109,7 @@ def test_worker_killed_mid_run_loses_nothing(ray_cluster, tiny_model_dir, tmp_pa
 def test_driver_killed_then_same_command_resumes(ray_cluster, tiny_model_dir, tmp_path, expected):
     store = tmp_path / "ray.jsonl"
     args = ["--address", ray_cluster.address, "--model", tiny_model_dir, "--store", store]
-    args += ["--examples", EXAMPLES, "--sleep", 1.0]
+    args += ["--examples", EXAMPLES, "--sleep", 0.5]
     driver = ray_cluster.driver(*args, wait=False)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and driver.poll() is None:
