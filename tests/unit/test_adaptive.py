@@ -162,6 +162,9 @@ class FakePasses:
     def per_row_layer(self, dtype):
         return 1
 
+    def per_row(self):  # what the objective needs once per row (none here)
+        return 0
+
     def gradients(self, groups, dtype):
         out = []
         for g in groups:

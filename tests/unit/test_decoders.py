@@ -733,3 +733,60 @@ def test_heads_commands_run_on_a_prompt_file(lm_dir, tmp_path, run_cli):
     )
     assert code == 0, err
     assert (out / "effectiveness.png").is_file()
+
+
+# ---- memory ---------------------------------------------------------------------------------------
+def test_the_memory_plan_counts_key_value_heads_and_the_logits_f_reads():
+    from attattr.core.planning import activation_bytes, plan_rows
+
+    def llama(kv_heads):
+        torch.manual_seed(0)
+        config = tf.LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=kv_heads,
+        )
+        return tf.LlamaForCausalLM(config)
+
+    n = 10
+    # without grouping: 14 hidden-sized vectors per token, FFN and the attention matrices
+    assert activation_bytes(llama(4), n, None) == 4 * (n * (14 * 32 + 4 * 64) + 5 * 4 * n * n)
+    # 2 key/value heads: smaller projections, plus the keys and values repeated per query head
+    assert activation_bytes(llama(2), n, None) == 4 * (
+        n * (11 * 32 + 32 + 2 * 16 + 2 * 32 + 4 * 64) + 5 * 4 * n * n
+    )
+    # what F needs per row: all columns at 3 positions for a 3-token log-probability, 2 columns for logit-diff
+    model, tok = tiny_lm("llama"), decoder_tokenizer()
+    continuation = make_objective(None, " and John went", model=model)
+    continuation.encode(
+        tok,
+        continuation.expand([type("It", (), {"id": None, "text": "When Mary", "text_pair": None})()], tok),
+        max_length=64,
+        truncate=False,
+        device="cpu",
+    )
+    assert continuation.row_bytes(model) == 3 * VOCAB * 16
+    contrast = make_objective(None, " Mary", model=model, foil=" John")
+    contrast.encode(
+        tok,
+        contrast.expand([type("It", (), {"id": None, "text": PROMPT, "text_pair": None})()], tok),
+        max_length=64,
+        truncate=False,
+        device="cpu",
+    )
+    assert contrast.row_bytes(model) == 2 * (32 + 2) * 8
+    # a per-row cost makes smaller passes under the same budget
+    rows = [(0, 8), (1, 8)]
+    plain = plan_rows(rows, num_layers=2, batch=1, per_row_layer=100, budget=1200)
+    heavy = plan_rows(rows, num_layers=2, batch=1, per_row_layer=100, budget=1200, per_row=100)
+    assert len(heavy) > len(plain)
+
+
+def test_passes_split_by_a_tiny_budget_give_the_same_numbers():
+    model, tok = tiny_lm("qwen3"), decoder_tokenizer()
+    whole = attattr.attribute(model, tok, "When Mary", target=" and John went", **FIXED)
+    split = attattr.attribute(model, tok, "When Mary", target=" and John went", memory_budget=1, **FIXED)
+    torch.testing.assert_close(split.scores, whole.scores, atol=1e-6, rtol=1e-5)

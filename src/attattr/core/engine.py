@@ -539,6 +539,10 @@ class _Passes:
     def per_row_layer(self, dtype) -> int:
         return activation_bytes(self.model, self.n, dtype)
 
+    def per_row(self) -> int:
+        """Bytes the objective needs once per row (a causal LM's logits where F reads them)."""
+        return self.objective.row_bytes(self.model)
+
     def _install(self, groups: Sequence[_Group], make_leaf: bool) -> None:
         """Rows while a pass runs: [clean rows (until the last group's layer)] + [copies, group order]."""
         hook, bsz = self.hook, self.bsz
@@ -586,7 +590,15 @@ def _integrate_fixed(passes: _Passes, attentions, s: _Settings) -> dict[int, tor
     alphas = torch.tensor(way.alphas, dtype=torch.float32)
     weights = torch.tensor(way.weights, dtype=torch.float32, device=device)
     plan = plan_passes(
-        s.layers, len(way.alphas), s.num_layers, bsz, passes.n, passes.model, s.budget, way.dtype
+        s.layers,
+        len(way.alphas),
+        s.num_layers,
+        bsz,
+        passes.n,
+        passes.model,
+        s.budget,
+        way.dtype,
+        per_row=passes.per_row(),
     )
     for units in plan:
         groups = [
@@ -735,7 +747,11 @@ def _evaluate(passes: _Passes, works: list[_Work], levels, attention, s: _Settin
                     wanted[(w.layer, w.example, x)] = w
     keys = sorted(wanted)
     for start, stop in plan_forward_rows(
-        len(keys), batch=passes.bsz, per_row_layer=passes.per_row_layer(None), budget=s.budget
+        len(keys),
+        batch=passes.bsz,
+        per_row_layer=passes.per_row_layer(None),
+        budget=s.budget,
+        per_row=passes.per_row(),
     ):
         values = passes.values(_groups([k[:3] for k in keys[start:stop]], device)).tolist()
         for (layer, b, x), v in zip(keys[start:stop], values, strict=True):
@@ -827,6 +843,7 @@ def _gradient_rows(passes: _Passes, rows: list[tuple], dtype, s: _Settings) -> N
         batch=passes.bsz,
         per_row_layer=passes.per_row_layer(dtype),
         budget=s.budget,
+        per_row=passes.per_row(),
     )
     for chunks in plan:
         parts = [rows[offsets[c.layer] + c.start : offsets[c.layer] + c.stop] for c in chunks]

@@ -284,6 +284,10 @@ class Objective(ABC):
     def annotate(self, attribution, index: int) -> None:  # noqa: B027 (optional hook)
         """Complete the result of the batch's item `index` with what only the objective knows."""
 
+    def row_bytes(self, model: nn.Module) -> int:
+        """Bytes one row needs for F beyond the model's activations (class logits: negligible)."""
+        return 0
+
     @abstractmethod
     def resolve(self, outputs: ModelOutputs, labels: Sequence[int | None]) -> ExampleValues:
         """Targets [examples] from the unperturbed rows (one per example, in example order)."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InputError
-from .hooks import model_num_heads
+from .hooks import key_value_heads, model_num_heads
 
 DEFAULT_BUDGET_FRACTION = 0.35
 # On a CPU, bigger passes than this gained nothing when measured and were 15-30 % slower on short
@@ -44,27 +44,29 @@ def plan_rows(
     per_row_layer: int,
     budget: int,
     granule: int = 1,
+    per_row: int = 0,
 ) -> list[list[Chunk]]:
     """Passes of gradient rows under `budget` bytes.
 
     rows_per_layer: (layer, number of rows) in increasing layer order.
-    A row forked at layer l costs (L - l) * per_row_layer; the batch's clean rows cost
-    batch * L * per_row_layer in every pass. A layer's rows are cut into chunks of whole granules
-    (a granule = one node for every example of a regular rule), as many as fit beside the clean
-    rows, at least one granule. A pass holds at most one chunk per layer.
+    A row forked at layer l costs (L - l) * per_row_layer + per_row (`per_row`: what the objective
+    needs once per row, a causal LM's logits at the positions F reads); the batch's clean rows cost
+    batch * (L * per_row_layer + per_row) in every pass. A layer's rows are cut into chunks of whole
+    granules (a granule = one node for every example of a regular rule), as many as fit beside the
+    clean rows, at least one granule. A pass holds at most one chunk per layer.
     """
-    clean_cost = batch * num_layers * per_row_layer
+    clean_cost = batch * (num_layers * per_row_layer + per_row)
     passes: list[list[Chunk]] = []
     current: list[Chunk] = []
     used = clean_cost
     for layer, count in rows_per_layer:
         if count <= 0:
             continue
-        granule_cost = granule * (num_layers - layer) * per_row_layer
+        granule_cost = granule * ((num_layers - layer) * per_row_layer + per_row)
         per_chunk = max(1, int((budget - clean_cost) // max(granule_cost, 1))) * granule
         for start in range(0, count, per_chunk):
             stop = min(count, start + per_chunk)
-            cost = (stop - start) * (num_layers - layer) * per_row_layer
+            cost = (stop - start) * ((num_layers - layer) * per_row_layer + per_row)
             if current and (used + cost > budget or current[-1].layer == layer):
                 passes.append(current)
                 current, used = [], clean_cost
@@ -75,10 +77,13 @@ def plan_rows(
     return passes
 
 
-def plan_forward_rows(count: int, *, batch: int, per_row_layer: int, budget: int) -> list[tuple[int, int]]:
+def plan_forward_rows(
+    count: int, *, batch: int, per_row_layer: int, budget: int, per_row: int = 0
+) -> list[tuple[int, int]]:
     """Row ranges of forward-only rows (no gradients) per pass: nothing is kept for a backward
-    pass, so a row costs about two layers' activations while it runs, whatever its depth."""
-    per_row = 2 * per_row_layer
+    pass, so a row costs about two layers' activations while it runs, whatever its depth, and
+    what the objective needs once per row (`per_row`)."""
+    per_row = 2 * per_row_layer + per_row
     room = max(1, int((budget - batch * per_row) // max(per_row, 1)))
     return [(start, min(count, start + room)) for start in range(0, count, room)]
 
@@ -92,6 +97,7 @@ def plan_passes(
     model,
     budget: int,
     dtype: torch.dtype | None,
+    per_row: int = 0,
 ) -> list[list[tuple[int, int, int]]]:
     """The passes of a fixed rule with `num_alphas` nodes, as (layer, k0, k1) node ranges: every
     example of the batch at nodes k0..k1-1 of `layer` (rows node-major, example-minor)."""
@@ -102,17 +108,27 @@ def plan_passes(
         per_row_layer=activation_bytes(model, seq_len, dtype),
         budget=budget,
         granule=batch,
+        per_row=per_row,
     )
     return [[(c.layer, c.start // batch, c.stop // batch) for c in chunks] for chunks in plan]
 
 
 def activation_bytes(model, seq_len: int, dtype: torch.dtype | None) -> int:
-    """Rough bytes kept for the backward pass per batch row per layer (hidden states, FFN, attention)."""
+    """Rough bytes kept for the backward pass per batch row per layer (hidden states, FFN, attention).
+
+    The projections count by their own widths: queries heads * head_dim, keys and values
+    kv_heads * head_dim each, and under grouped-query attention the keys and values repeated for
+    every query head (kept for the backward pass); without it this is 14 hidden-sized vectors per
+    token, as before. The attention matrices are per query head."""
     cfg = model.config
     hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "dim", 768)
     ffn = getattr(cfg, "intermediate_size", None) or getattr(cfg, "hidden_dim", 4 * hidden)
     heads = model_num_heads(model)
-    floats = seq_len * (14 * hidden + 4 * ffn) + 5 * heads * seq_len * seq_len
+    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    kv_heads = key_value_heads(model)
+    repeated = 2 * heads * head_dim if kv_heads < heads else 0
+    width = 11 * hidden + heads * head_dim + 2 * kv_heads * head_dim + repeated
+    floats = seq_len * (width + 4 * ffn) + 5 * heads * seq_len * seq_len
     return int(floats * 4 * (1.25 if dtype == torch.bfloat16 else 1.0))
 
 
