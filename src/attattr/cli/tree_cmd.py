@@ -17,6 +17,15 @@ from ..core.errors import InputError
 from ..core.quadrature import RULES
 from .app import app
 from .common import check_out_dir, check_text, console, print_json, progress_bar, write_dataset_report
+from .ray_options import (
+    CpusPerWorkerOpt,
+    GpusPerWorkerOpt,
+    RayOpt,
+    ShipModelOpt,
+    WorkersOpt,
+    check_ray_options,
+    executor_from_options,
+)
 
 DEFAULT_COMMAND = "show"
 
@@ -308,6 +317,11 @@ def tree_stats_cmd(
         typer.Option("--fresh", help="Start over instead of resuming an identical earlier run."),
     ] = False,
     json_out: JsonOpt = False,
+    ray: RayOpt = None,
+    workers: WorkersOpt = None,
+    cpus_per_worker: CpusPerWorkerOpt = 1,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    ship_model: ShipModelOpt = False,
 ) -> None:
     """Tree analyses over a dataset split: size and depth distributions, receptive field per layer,
     and edge faithfulness (zeroing the top-k connections by attribution, by attention, at random).
@@ -337,6 +351,7 @@ def tree_stats_cmd(
         batch_size=batch_size,
     )
     check_integration(steps, rule, None)
+    check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
     check_output_folder(out)
     loaded = _load_model(model)
     data_name = _default_data(loaded, data)
@@ -350,7 +365,10 @@ def tree_stats_cmd(
     )
     items = list(dataset)[:examples]
     settings = {"model": loaded.model_id, "data": data_name, "split": split}
-    with progress_bar("trees", len(items), quiet=json_out) as advance:
+    with (
+        executor_from_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model) as executor,
+        progress_bar("trees", len(items), quiet=json_out) as advance,
+    ):
         summary = run_tree_stats(
             loaded.model,
             loaded.tokenizer,
@@ -370,6 +388,8 @@ def tree_stats_cmd(
             rule=rule,
             model_id=loaded.model_id,
             label_names=loaded.label_names,
+            executor=executor,
+            model_source=model,
         )
     title = f"{loaded.model_id} · {data_name} {split} · {summary['examples']} examples"
     written = _write_stats_outputs(summary, out, title=title)

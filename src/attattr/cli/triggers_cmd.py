@@ -18,6 +18,15 @@ from rich.table import Table
 from ..core.errors import InputError
 from .app import app
 from .common import console, print_json, progress_bar, warn, write_dataset_report
+from .ray_options import (
+    CpusPerWorkerOpt,
+    GpusPerWorkerOpt,
+    RayOpt,
+    ShipModelOpt,
+    WorkersOpt,
+    check_ray_options,
+    executor_from_options,
+)
 
 triggers_app = typer.Typer(
     help=(
@@ -102,6 +111,11 @@ def mine(
         bool, typer.Option("--fresh", help="Start over instead of resuming an identical earlier run.")
     ] = False,
     json_out: JsonOpt = False,
+    ray: RayOpt = None,
+    workers: WorkersOpt = None,
+    cpus_per_worker: CpusPerWorkerOpt = 1,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    ship_model: ShipModelOpt = False,
 ) -> None:
     """Mine one attribution pattern per example and rank them (resumable).
 
@@ -128,13 +142,17 @@ def mine(
         raise InputError(f"unknown integration rule {rule!r}; choose one of: {', '.join(RULES)}")
     if out.is_dir():
         raise InputError(f"--out {out} is a folder; give the patterns file to write")
+    check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
     check_output_folder(out.parent, what="the folder of --out")
     runs_dir = check_output_folder(out.parent / "runs", what="the run folder")
     columns = _columns(text_column, pair_column, label_column)
     loaded, dataset = _load(
         model, data, split, columns, quiet=json_out, first=examples if order == "first" else None
     )
-    with progress_bar("mining patterns", min(examples, len(dataset)), quiet=json_out) as advance:
+    with (
+        executor_from_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model) as executor,
+        progress_bar("mining patterns", min(examples, len(dataset)), quiet=json_out) as advance,
+    ):
         result = mine_patterns(
             loaded.model,
             loaded.tokenizer,
@@ -153,6 +171,8 @@ def mine(
             progress=advance,
             model_id=loaded.model_id,
             label_names=loaded.label_names,
+            executor=executor,
+            model_source=model,
         )
     write_patterns(out, result, data=data, label_names=loaded.label_names)
     summary = {

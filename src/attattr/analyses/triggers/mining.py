@@ -100,6 +100,7 @@ def mine_patterns(
     label_names: list[str] | None = None,
     dtype: torch.dtype | str | None = None,
     executor: Executor | None = None,
+    model_source: str | None = None,
 ) -> MiningResult:
     """Mine one pattern per example for `examples` examples of `dataset`.
 
@@ -120,7 +121,8 @@ def mine_patterns(
     settings-named file does not exist yet. `settings`: extra settings recorded with the run (data
     columns, ...). `progress(n)` is called as examples finish (skipped ones included). With the
     model's `label_names`, a `data.Dataset`'s gold labels are checked against them
-    (`attack.match_labels`).
+    (`attack.match_labels`). `executor`, `model_source`: where the shards run (default: in this
+    process; a Ray executor loads the model on its workers from `model_source`, a recipe or folder).
     """
     if examples < 1:
         raise InputError(f"examples must be >= 1, got {examples}")
@@ -161,6 +163,7 @@ def mine_patterns(
         executor=executor,
         batch_size=batch_size,
         progress=progress,
+        model_source=model_source,
     )
     patterns = rank_patterns(Pattern.from_dict(r["pattern"]) for r in records if r.get("pattern"))
     skipped = sum(1 for r in records if r.get("skipped"))
