@@ -790,3 +790,25 @@ def test_passes_split_by_a_tiny_budget_give_the_same_numbers():
     whole = attattr.attribute(model, tok, "When Mary", target=" and John went", **FIXED)
     split = attattr.attribute(model, tok, "When Mary", target=" and John went", memory_budget=1, **FIXED)
     torch.testing.assert_close(split.scores, whole.scores, atol=1e-6, rtol=1e-5)
+
+
+def test_sparse_results_keep_head_importance_and_top_edges_exactly(tmp_path):
+    from attattr.core.sparse import SparseAttribution
+
+    model, tok = tiny_lm("llama"), decoder_tokenizer()
+    dense = attattr.attribute(model, tok, PROMPT, target=" Mary", foil=" John", **FIXED)
+    sparse = SparseAttribution.from_attribution(dense, k=3)
+    torch.testing.assert_close(sparse.head_importance(), dense.head_importance())
+    assert sparse.top_edges(3) == dense.top_edges(3)
+    assert sparse.nbytes() < dense.scores.numel() * 4
+    sparse.save(tmp_path)
+    again = SparseAttribution.load(tmp_path)
+    assert torch.equal(again.scores, sparse.scores) and again.meta["decoder"] == dense.decoder
+    some = SparseAttribution.from_attribution(dense, k=2, layers=[1], heads=[0, 3])
+    torch.testing.assert_close(some.head_importance()[0], dense.head_importance()[1, [0, 3]])
+    assert some.top_edges(1)[0].layer == 1 and some.top_edges(1)[0].head in (0, 3)
+    (tmp_path / "attributions-sparse.safetensors").write_bytes(b"broken")
+    with pytest.raises(attattr.core.errors.ResultFileError, match="does not match the checksum|cannot read"):
+        SparseAttribution.load(tmp_path)
+    with pytest.raises(InputError, match="k must be an integer >= 1"):
+        SparseAttribution.from_attribution(dense, k=0)
