@@ -812,3 +812,10 @@ def test_sparse_results_keep_head_importance_and_top_edges_exactly(tmp_path):
         SparseAttribution.load(tmp_path)
     with pytest.raises(InputError, match="k must be an integer >= 1"):
         SparseAttribution.from_attribution(dense, k=0)
+
+
+def test_triggers_refuse_a_causal_lm(lm_dir, tmp_path, run_cli):
+    code, _, err = run_cli(
+        "triggers", "mine", "--model", lm_dir, "--data", "rotten-tomatoes", "--out", tmp_path / "t"
+    )
+    assert code == 2 and "triggers apply to classifiers" in err and "causal language model" in err

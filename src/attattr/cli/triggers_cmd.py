@@ -61,6 +61,12 @@ def _load(
     from .. import models
 
     loaded = models.load(model, quiet=quiet)
+    if getattr(loaded, "is_causal_lm", False):
+        # docs/decoders.md: a trigger is judged by the class predictions it flips
+        raise InputError(
+            f"triggers apply to classifiers: {loaded.model_id} is a causal language model, which has no "
+            "classes for a trigger to flip (see docs/decoders.md)"
+        )
     dataset = data_mod.load_dataset(data, split, limit=first, **columns)
     return loaded, dataset
 
