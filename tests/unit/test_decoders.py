@@ -819,3 +819,9 @@ def test_triggers_refuse_a_causal_lm(lm_dir, tmp_path, run_cli):
         "triggers", "mine", "--model", lm_dir, "--data", "rotten-tomatoes", "--out", tmp_path / "t"
     )
     assert code == 2 and "triggers apply to classifiers" in err and "causal language model" in err
+
+
+def test_a_family_computing_attention_inline_is_refused_with_the_reason():
+    model = tf.BloomForCausalLM(tf.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4))
+    with pytest.raises(UnsupportedModelError, match="does not run through transformers' AttentionInterface"):
+        attattr.attribute(model, decoder_tokenizer(), PROMPT, target=" Mary", **FIXED)
