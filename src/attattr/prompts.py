@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .core.encoding import continuation_ids as _continuation_ids
 from .core.errors import DataError
 from .data import FILE_EXTENSIONS, ID_COLUMNS, SPLITS
 from .data import _read_rows as read_rows
@@ -396,12 +397,9 @@ def load_prompts(
 def continuation_ids(tokenizer, prompt: str, text: str) -> list[int]:
     """The tokens `text` adds after `prompt`: those of prompt + text past the prompt's own tokens
     (so a target is cut into tokens as the model sees it in context), or, where the tokenizer
-    merges across the boundary, the tokens of `text` alone."""
-    head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    full = tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
-    if full[: len(head)] == head:
-        return list(full[len(head) :])
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    merges across the boundary, the tokens of `text` alone. The same rule the objectives use
+    (`attattr.core.encoding.continuation_ids`)."""
+    return _continuation_ids(tokenizer, prompt, text)
 
 
 def check_tokens(prompts: PromptSet, tokenizer) -> PromptSet:
