@@ -14,6 +14,8 @@ Work a particular implementation repeats (the paper's full passes per copy) is n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 def model_shape(model) -> dict[str, int]:
     cfg = model.config
@@ -25,17 +27,23 @@ def model_shape(model) -> dict[str, int]:
     }
 
 
-def attribution_flops(shape: dict[str, int], n: int, nodes: int, layers: list[int] | None = None) -> float:
-    """FLOPs needed for one example of n tokens, `nodes` integration nodes, all (or the given) layers."""
+def _per_layer(nodes: int | Sequence[int], layers: int) -> list[int]:
+    """Nodes per layer: the same count for every layer, or one count per layer (error control)."""
+    return [int(nodes)] * layers if isinstance(nodes, int | float) else [int(x) for x in nodes]
+
+
+def attribution_flops(shape: dict[str, int], n: int, nodes: int | Sequence[int]) -> float:
+    """FLOPs needed for one example of n tokens and `nodes` integration nodes (one count, or one per
+    layer), all layers."""
     L, d, f, c = shape["layers"], shape["hidden"], shape["ffn"], shape["classes"]
     fwd = 8 * n * d * d + 4 * n * d * f + 4 * n * n * d
     bwd = 8 * n * d * d + 4 * n * d * f + 8 * n * n * d
     target = 2 * n * d * d + 4 * n * d * f + 2 * n * n * d
     head = 2 * d * d + 2 * d * c
     total = L * fwd + head
-    for layer in range(L) if layers is None else layers:
+    for layer, count in enumerate(_per_layer(nodes, L)):
         above = L - 1 - layer
-        total += nodes * (2 * target + above * (fwd + bwd) + 2 * head)
+        total += count * (2 * target + above * (fwd + bwd) + 2 * head)
     return float(total)
 
 
@@ -62,14 +70,22 @@ def paper_executed_flops(shape: dict[str, int], n: int, steps: int) -> float:
     return total
 
 
-def engine_executed_flops(shape: dict[str, int], n: int, nodes: int) -> float:
+def engine_executed_flops(
+    shape: dict[str, int], n: int, nodes: int | Sequence[int], subintervals: Sequence[int] | None = None
+) -> float:
     """Matrix-product FLOPs attattr's engine executes for one example in one staircase pass: a
     reference pass (clean rows, and the alpha = 0 rows of every target layer for the completeness
-    baselines), then clean rows up to the last target and `nodes` copies per target layer, forward
-    and back (the copies run their target layer in full)."""
+    baselines), then clean rows up to the last target and `nodes` copies per target layer (one
+    count, or one per layer), forward and back (the copies run their target layer in full); with
+    error control, one forward row per new subinterval end (its F). The clean rows of later
+    refinement rounds are not counted."""
     L = shape["layers"]
     fwd, bwd, head = _layer_costs(shape, n)
     total = L * fwd + head + sum((L - layer) * fwd + head for layer in range(L))  # reference pass
     total += (L - 1) * (fwd + bwd)  # clean rows through the staircase
-    total += sum(nodes * ((L - layer) * (fwd + bwd) + 2 * head) for layer in range(L))
+    total += sum(
+        count * ((L - layer) * (fwd + bwd) + 2 * head) for layer, count in enumerate(_per_layer(nodes, L))
+    )
+    for layer, parts in enumerate(subintervals or []):
+        total += (parts - 1) * ((L - layer) * fwd + head)
     return total

@@ -27,7 +27,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-SECTIONS = ("peak", "nodes", "bf16", "w1", "w2", "w3")
+SECTIONS = ("peak", "nodes", "bf16", "w1", "w2", "w3", "smollm2")
+# CPU flags the table records: which vector and matrix units the bf16/fp32 kernels can use
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+TOLS = (3e-2, 1e-2, 3e-3)  # the node study's tolerances for the default mode
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,8 +95,22 @@ def _w1_setup(tokens: int):
     return model, tok, text_of_tokens(tok, tokens)
 
 
+def _integration(attr) -> dict:
+    """What an attribution records about its integration, for the report."""
+    return {
+        "nodes": attr.steps,
+        "rule": attr.rule,
+        "dtype": attr.dtype,
+        "tol": attr.tol,
+        "integration": attr.integration,
+        "output_value": attr.output_value,
+        "baseline_values": attr.baseline_values,
+    }
+
+
 def task_w1(cfg: dict) -> dict:
-    """W1/W2: one input of `tokens` tokens on the BERT-base-shaped model, one method."""
+    """W1/W2: one input of `tokens` tokens on the BERT-base-shaped model, one method. Engine runs
+    take `options` (attattr.attribute's keywords: {} is the default, error-controlled mode)."""
     import torch
 
     import attattr
@@ -118,34 +135,23 @@ def task_w1(cfg: dict) -> dict:
             scores = captum_attribution(model, inputs, steps=cfg["steps"])
         else:
             attr = attattr.attribute(
-                model,
-                tok,
-                text,
-                rule=cfg.get("rule", "riemann-right"),
-                steps=cfg.get("steps", 20),
-                dtype=cfg.get("dtype"),
-                fast=cfg.get("fast", False),
-                memory_budget=cfg.get("memory_budget"),
+                model, tok, text, memory_budget=cfg.get("memory_budget"), **cfg.get("options", {})
             )
             scores = attr.scores
-            record.update(
-                nodes=attr.steps,
-                rule=attr.rule,
-                dtype=attr.dtype,
-                output_value=attr.output_value,
-                baseline_values=attr.baseline_values,
-            )
+            record.update(_integration(attr))
         times.append(time.perf_counter() - t0)
         _log(f"{cfg['name']}: run {run + 1}/{cfg['runs']} {times[-1]:.1f} s")
         if sum(times) > cfg.get("max_seconds", 1e9):
             break
     if method == "engine":
         budget = cfg.get("memory_budget") or default_memory_budget(torch.device("cpu"))
-        dtype = torch.bfloat16 if record["dtype"] == "bfloat16" else None
-        passes = plan_passes(list(range(12)), record["nodes"], 12, 1, cfg["tokens"], model, budget, dtype)
-        record.update(memory_budget=budget, passes=len(passes))
+        record.update(memory_budget=budget)
+        if record["tol"] is None:  # a fixed rule: its passes are planned up front
+            dtype = torch.bfloat16 if record["dtype"] == "bfloat16" else None
+            passes = plan_passes(list(range(12)), record["nodes"], 12, 1, cfg["tokens"], model, budget, dtype)
+            record.update(passes=len(passes))
     else:
-        record.update(nodes=cfg["steps"], rule="riemann-right", dtype="float32")
+        record.update(nodes=cfg["steps"], rule="riemann-right", dtype="float32", tol=None, integration=None)
     if cfg.get("save"):
         torch.save(scores, cfg["save"])
     from flops import model_shape
@@ -191,7 +197,7 @@ def task_w3(cfg: dict) -> dict:
     for run in range(cfg["runs"]):
         importance = torch.zeros(model.config.num_hidden_layers, model.config.num_attention_heads)
         kept = []
-        tokens = []
+        tokens, nodes = [], []
         t0 = time.perf_counter()
         if cfg["method"] == "paper":  # example by example, as the authors' code runs
             from paper_baseline import paper_attribution
@@ -204,29 +210,23 @@ def task_w3(cfg: dict) -> dict:
                 if len(kept) < keep:
                     kept.append(scores)
         else:
+            options = {"target": "gold", **cfg.get("options", {})}
             for attr in attattr.attribute_many(
-                model,
-                tok,
-                examples,
-                target="gold",
-                batch_size=cfg["batch_size"],
-                rule=cfg.get("rule", "riemann-right"),
-                steps=cfg.get("steps", 20),
-                dtype=cfg.get("dtype"),
-                fast=cfg.get("fast", False),
-                model_id=loaded.model_id,
+                model, tok, examples, batch_size=cfg["batch_size"], model_id=loaded.model_id, **options
             ):
                 importance += attr.head_importance()
                 tokens.append(len(attr.tokens))
+                nodes.append([r["nodes"] for r in attr.integration])
                 if len(kept) < keep:
                     kept.append(attr.scores)
-                record.update(nodes=attr.steps, rule=attr.rule, dtype=attr.dtype)
+                record.update(rule=attr.rule, dtype=attr.dtype, tol=attr.tol)
+            record.update(nodes_per_layer=nodes, nodes=max(max(x) for x in nodes))
         times.append(time.perf_counter() - t0)
         _log(f"{cfg['name']}: run {run + 1}/{cfg['runs']} {times[-1]:.1f} s ({len(examples)} examples)")
         if sum(times) > cfg.get("max_seconds", 1e9):
             break
     if cfg["method"] == "paper":
-        record.update(nodes=cfg["steps"], rule="riemann-right", dtype="float32")
+        record.update(nodes=cfg["steps"], rule="riemann-right", dtype="float32", tol=None)
     if cfg.get("save") and kept:
         torch.save(kept, cfg["save"])
     return {
@@ -247,60 +247,58 @@ def _relative_error(a, ref) -> float:
     return float((a.double() - ref.double()).norm() / ref.double().norm())
 
 
-def task_nodes(cfg: dict) -> dict:
-    """How many Gauss-Legendre nodes match the paper's 20-step right Riemann sum, on the default
-    model over the first K dev sentences (gold label): every rule against a many-node reference."""
-    import torch
+def _layer_errors(a, ref) -> list[float]:
+    """Per layer: the relative Frobenius error of that layer's scores."""
+    return [_relative_error(a[i], ref[i]) for i in range(ref.shape[0])]
 
+
+def task_nodes(cfg: dict) -> dict:
+    """The node study on the default model over the first K dev sentences (gold label): the paper's
+    rule, Gauss-Legendre with a few nodes and the error-controlled default at several tolerances,
+    each against a many-node reference, per sentence and per layer."""
     import attattr
 
     loaded = _default_model()
     model, tok = loaded.model, loaded.tokenizer
     examples = _rt_examples(cfg["examples"])
 
-    def run(rule, steps):
+    def run(options):
         t0 = time.perf_counter()
         out = list(
-            attattr.attribute_many(
-                model, tok, examples, target="gold", rule=rule, steps=steps, batch_size=len(examples)
-            )
+            attattr.attribute_many(model, tok, examples, target="gold", batch_size=len(examples), **options)
         )
         return out, time.perf_counter() - t0
 
-    reference, t_ref = run("gauss-legendre", cfg["reference_nodes"])
+    reference, t_ref = run({"rule": "gauss-legendre", "steps": cfg["reference_nodes"]})
     _log(f"nodes: reference GL-{cfg['reference_nodes']} {t_ref:.1f} s")
     rows = []
-    candidates = [("riemann-right", 20)] + [("gauss-legendre", n) for n in cfg["gauss_nodes"]]
-    if cfg.get("check_reference"):  # how far the reference itself is from a half-size one
-        candidates.append(("gauss-legendre", cfg["check_reference"]))
-    for rule, steps in candidates:
-        got, seconds = run(rule, steps)
+    for candidate in cfg["candidates"]:
+        got, seconds = run(candidate["options"])
         errors = [_relative_error(g.scores, r.scores) for g, r in zip(got, reference, strict=True)]
+        layer_errors = [_layer_errors(g.scores, r.scores) for g, r in zip(got, reference, strict=True)]
         gaps = [float(g.completeness_gaps().abs().max()) for g in got]
-        rows.append(
-            {
-                "rule": rule,
-                "nodes": steps,
-                "seconds": seconds,
-                "errors": errors,
-                "mean_error": statistics.mean(errors),
-                "median_error": statistics.median(errors),
-                "max_error": max(errors),
-                "max_gap": max(gaps),
-                "mean_gap": statistics.mean(gaps),
-            }
-        )
-        _log(f"nodes: {rule} {steps}: mean relative error {rows[-1]['mean_error']:.2e} ({seconds:.1f} s)")
-        if cfg.get("save_exact") and rule == "riemann-right":
-            torch.save([g.scores for g in got], cfg["save_exact"])
+        flat = [e for per in layer_errors for e in per]
+        row = {
+            "name": candidate["name"],
+            "rule": got[0].rule,
+            "nodes": got[0].steps,
+            "tol": got[0].tol,
+            "seconds": seconds,
+            "errors": errors,
+            "layer_errors": layer_errors,
+            "mean_error": statistics.mean(errors),
+            "median_error": statistics.median(errors),
+            "max_error": max(errors),
+            "layer_max_error": max(flat),
+            "layer_mean_error": statistics.mean(flat),
+            "max_gap": max(gaps),
+            "mean_gap": statistics.mean(gaps),
+        }
+        if got[0].tol is not None:
+            row["integration"] = [g.integration for g in got]
+        rows.append(row)
+        _log(f"nodes: {candidate['name']}: mean relative error {row['mean_error']:.2e} ({seconds:.1f} s)")
     ref_gaps = [float(r.completeness_gaps().abs().max()) for r in reference]
-    paper = rows[0]
-    chosen = None
-    for row in rows[1:]:
-        if row["rule"] == "gauss-legendre" and row["nodes"] in cfg["gauss_nodes"]:
-            if row["mean_error"] <= paper["mean_error"] and row["median_error"] <= paper["median_error"]:
-                chosen = row["nodes"]
-                break
     return {
         "examples": len(examples),
         "model_id": loaded.model_id,
@@ -308,74 +306,79 @@ def task_nodes(cfg: dict) -> dict:
         "reference_seconds": t_ref,
         "reference_max_gap": max(ref_gaps),
         "rows": rows,
-        "chosen": chosen,
         "mean_tokens": statistics.mean(len(r.tokens) for r in reference),
     }
 
 
 def task_bf16(cfg: dict) -> dict:
-    """The bf16 acceptance check: fast-mode nodes in bf16 against fp32 on K dev sentences."""
-    import torch
-    from scipy.stats import spearmanr
-
+    """dtype="auto" of the default mode against a Gauss-Legendre reference, per layer, on the node
+    study's sentences: where bf16 is fast, each layer keeps bf16 only where its estimate allows."""
     import attattr
 
     loaded = _default_model()
     model, tok = loaded.model, loaded.tokenizer
     examples = _rt_examples(cfg["examples"])
-    out = {}
-    for dtype in ("float32", "bfloat16"):
-        # in chunks, so that a CPU without fast bf16 kernels can stop at the time limit
-        t0 = time.perf_counter()
-        out[dtype] = []
-        chunk = cfg["batch_size"]
-        for c0 in range(0, len(examples), chunk):
-            out[dtype] += attattr.attribute_many(
-                model,
-                tok,
-                examples[c0 : c0 + chunk],
-                target="gold",
-                rule="gauss-legendre",
-                steps=cfg["nodes"],
-                dtype=dtype,
-                batch_size=chunk,
-            )
-            if time.perf_counter() - t0 > cfg.get("max_seconds", 1e9):
-                break
-        out[dtype + "_seconds"] = time.perf_counter() - t0
-        _log(f"bf16: {dtype} {out[dtype + '_seconds']:.1f} s, {len(out[dtype])} examples")
-    out["float32"] = out["float32"][: len(out["bfloat16"])]
-    fp32, bf16 = out["float32"], out["bfloat16"]
-    imp32 = torch.stack([a.head_importance() for a in fp32])  # [K, L, H]
-    imp16 = torch.stack([a.head_importance() for a in bf16])
-    dataset_rho = float(spearmanr(imp32.mean(0).flatten(), imp16.mean(0).flatten())[0])
-    per_example_rho = [
-        float(spearmanr(a.flatten(), b.flatten())[0]) for a, b in zip(imp32, imp16, strict=True)
-    ]
-
-    def edges(a):
-        return {(e.layer, e.head, e.query, e.key) for e in a.top_edges(10)}
-
-    overlaps = [len(edges(a) & edges(b)) for a, b in zip(fp32, bf16, strict=True)]
-    errors = [_relative_error(b.scores, a.scores) for a, b in zip(fp32, bf16, strict=True)]
-    accepted = dataset_rho >= 0.99 and statistics.mean(overlaps) >= 9
+    reference = list(
+        attattr.attribute_many(
+            model, tok, examples, target="gold", rule="gauss-legendre", steps=cfg["reference_nodes"]
+        )
+    )
+    t0 = time.perf_counter()
+    got = list(attattr.attribute_many(model, tok, examples, target="gold", dtype="auto"))
+    seconds = time.perf_counter() - t0
     return {
-        "examples": len(bf16),
-        "examples_asked": len(examples),
-        "nodes": cfg["nodes"],
-        "dataset_spearman": dataset_rho,
-        "per_example_spearman_median": statistics.median(per_example_rho),
-        "per_example_spearman_min": min(per_example_rho),
-        "top10_overlap_mean": statistics.mean(overlaps),
-        "top10_overlap_min": min(overlaps),
-        "relative_difference_mean": statistics.mean(errors),
-        "fp32_seconds": out["float32_seconds"],
-        "bf16_seconds": out["bfloat16_seconds"],
-        "accepted": accepted,
+        "examples": len(examples),
+        "seconds": seconds,
+        "layer_errors": [_layer_errors(g.scores, r.scores) for g, r in zip(got, reference, strict=True)],
+        "integration": [g.integration for g in got],
     }
 
 
-TASKS = {"peak": task_peak, "w1": task_w1, "w3": task_w3, "nodes": task_nodes, "bf16": task_bf16}
+def task_smollm2(cfg: dict) -> dict:
+    """SmolLM2-135M on IOI prompts, F = logit(target) - logit(foil): the default mode per layer
+    (nodes, subintervals, estimate, converged) and the paper's rule's completeness gaps."""
+    import attattr
+    from attattr.models import load
+    from attattr.prompts import generate_ioi
+
+    loaded = load("smollm2", quiet=False)
+    model, tok = loaded.model, loaded.tokenizer
+    prompts = generate_ioi(cfg["prompts"]).examples
+    out = {"prompts": [], "model_id": loaded.model_id}
+    for p in prompts:
+        options = {"target": p.target, "foil": p.foil, "output": "logit-diff"}
+        t0 = time.perf_counter()
+        default = attattr.attribute(model, tok, p.prompt, **options)
+        t_default = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        paper = attattr.attribute(model, tok, p.prompt, rule="riemann-right", steps=20, **options)
+        t_paper = time.perf_counter() - t0
+        delta = [default.output_value - b for b in default.baseline_values]
+        out["prompts"].append(
+            {
+                "prompt": p.prompt,
+                "F": default.output_value,
+                "default_seconds": t_default,
+                "paper_seconds": t_paper,
+                "integration": default.integration,
+                "default_gaps": default.completeness_gaps().tolist(),
+                "paper_gaps": paper.completeness_gaps().tolist(),
+                "layer_deltas": delta,
+                "default_vs_paper": _layer_errors(paper.scores, default.scores),
+            }
+        )
+        _log(f"smollm2: {p.prompt!r}: default {t_default:.0f} s, paper's rule {t_paper:.0f} s")
+    return out
+
+
+TASKS = {
+    "peak": task_peak,
+    "w1": task_w1,
+    "w3": task_w3,
+    "nodes": task_nodes,
+    "bf16": task_bf16,
+    "smollm2": task_smollm2,
+}
 
 
 def worker(cfg: dict, result_path: str) -> None:
@@ -476,7 +479,9 @@ def machine_info(threads: int) -> dict:
                 flags = line
     except OSError:
         pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+    isa = [f for f in ISA_FLAGS if f" {f}" in flags + " "]
+    from attattr.core.engine import bf16_is_fast
+
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -487,6 +492,8 @@ def machine_info(threads: int) -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "load_average_start": os.getloadavg(),
+        "bf16_fast": bf16_is_fast(torch.device("cpu")),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
 
@@ -521,15 +528,19 @@ def main() -> None:
         "--w1-reference-nodes", type=int, default=32, help="Gauss-Legendre reference of W1 (BERT-base)"
     )
     parser.add_argument(
+        "--w1-tokens", type=int, default=64, help="W1's input length (the workload is defined at 64)"
+    )
+    parser.add_argument(
         "--reference-check-nodes", type=int, default=32, help="a smaller reference, to show convergence"
     )
     parser.add_argument("--node-examples", type=int, default=8, help="dev sentences for the node study")
-    parser.add_argument("--bf16-examples", type=int, default=50)
+    parser.add_argument("--bf16-examples", type=int, default=8)
     parser.add_argument("--w3-examples", type=int, default=200)
     parser.add_argument("--w3-baseline-examples", type=int, default=8)
     parser.add_argument(
         "--w3-batch-size", type=int, default=8, help="attribute_many's batch_size (its default)"
     )
+    parser.add_argument("--smollm2-prompts", type=int, default=4, help="IOI prompts on SmolLM2")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -544,10 +555,12 @@ def main() -> None:
     if args.quick:
         args.runs, args.baseline_runs = 1, 1
         args.reference_nodes, args.w1_reference_nodes, args.reference_check_nodes = 16, 8, 8
-        args.node_examples, args.bf16_examples = 2, 4
+        args.node_examples, args.bf16_examples = 2, 2
         args.w3_examples, args.w3_baseline_examples = 8, 1
-        if args.out == str(HERE / "results"):  # smoke runs never overwrite the real results
-            args.out = str(Path(tempfile.gettempdir()) / "attattr-bench-quick")
+        args.w1_tokens, args.smollm2_prompts = 32, 1
+    if args.quick or args.w1_tokens != 64 or args.only != ",".join(SECTIONS):
+        if args.out == str(HERE / "results"):  # partial or smoke runs never overwrite the real results
+            args.out = str(Path(tempfile.gettempdir()) / "attattr-bench-partial")
 
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if args.threads is None:
@@ -560,86 +573,92 @@ def main() -> None:
             f"will be slower and noisier than on an idle machine; using {args.threads} torch thread(s)\n"
         )
     suite = Suite(args)
+    from attattr.core.quadrature import DEFAULT_TOL, preset_options
     from report import finish
 
     suite.results["machine"] = machine_info(args.threads)
     suite.results["settings"] = {k: v for k, v in vars(args).items() if k not in ("worker", "result")}
-    import attattr.core.engine as engine
-
-    suite.results["auto_gauss_nodes"] = engine.AUTO_GAUSS_NODES
-    w1_tokens = 32 if args.quick else 64
+    suite.results["default_tol"] = DEFAULT_TOL
+    bf16_fast = suite.results["machine"]["bf16_fast"]
 
     if "peak" in sections:
         for dtype in ("float32", "bfloat16"):
             suite.run(f"peak-{dtype}", "peak", dtype=dtype, size=512 if args.quick else 2048, reps=5)
 
     if "nodes" in sections:
+        candidates = [
+            {"name": "paper's rule (riemann-right 20)", "options": {"rule": "riemann-right", "steps": 20}}
+        ]
+        candidates += [
+            {"name": f"gauss-legendre {n}", "options": {"rule": "gauss-legendre", "steps": n}}
+            for n in range(1, 7)
+        ]
+        candidates += [{"name": f"default, tol {tol:g}", "options": {"tol": tol}} for tol in TOLS]
+        candidates.append(
+            {
+                "name": f"gauss-legendre {args.reference_check_nodes} (reference check)",
+                "options": {"rule": "gauss-legendre", "steps": args.reference_check_nodes},
+            }
+        )
         suite.run(
             "nodes",
             "nodes",
             examples=args.node_examples,
             reference_nodes=args.reference_nodes,
-            gauss_nodes=list(range(1, 7)),
-            check_reference=args.reference_check_nodes,
-            save_exact=suite.path("nodes-exact"),
+            candidates=candidates,
         )
 
     if "bf16" in sections:
-        suite.run(
-            "bf16",
-            "bf16",
-            examples=args.bf16_examples,
-            nodes=engine.AUTO_GAUSS_NODES,
-            batch_size=10,
-            max_seconds=args.slow_seconds,
-        )
+        if bf16_fast:
+            suite.run("bf16", "bf16", examples=args.bf16_examples, reference_nodes=args.reference_nodes)
+        else:  # dtype="auto" is fp32 here: nothing to measure
+            suite.results["configs"]["bf16"] = {
+                "skipped": "no fast bf16 kernels (AVX512-BF16, AMX) on this CPU"
+            }
 
     if "w1" in sections:
-        common = {"tokens": w1_tokens}
+        common = {"tokens": args.w1_tokens}
         suite.run(
             "w1-reference",
             "w1",
             **common,
             method="engine",
-            rule="gauss-legendre",
-            steps=args.w1_reference_nodes,
+            options={"rule": "gauss-legendre", "steps": args.w1_reference_nodes},
             runs=1,
             save=suite.path("w1-reference"),
         )
         slow = {"runs": args.baseline_runs, "steps": 20, "max_seconds": args.slow_seconds}
-        suite.interleaved(
-            [
-                ("w1-paper", "w1", {**common, **slow, "method": "paper", "save": suite.path("w1-paper")}),
-                ("w1-captum", "w1", {**common, **slow, "method": "captum", "save": suite.path("w1-captum")}),
+        engine_runs = {**common, "method": "engine", "runs": args.runs}
+        specs = [
+            ("w1-paper", "w1", {**common, **slow, "method": "paper", "save": suite.path("w1-paper")}),
+            ("w1-captum", "w1", {**common, **slow, "method": "captum", "save": suite.path("w1-captum")}),
+            (
+                "w1-preset",
+                "w1",
+                {**engine_runs, "options": {"preset": "paper"}, "save": suite.path("w1-preset")},
+            ),
+            ("w1-default", "w1", {**engine_runs, "options": {}, "save": suite.path("w1-default")}),
+        ]
+        if bf16_fast:  # dtype="auto" differs from the default only where bf16 is fast
+            specs.append(
                 (
-                    "w1-exact",
+                    "w1-auto",
                     "w1",
-                    {**common, "method": "engine", "runs": args.runs, "save": suite.path("w1-exact")},
-                ),
-                (
-                    "w1-fast",
-                    "w1",
-                    {
-                        **common,
-                        "method": "engine",
-                        "fast": True,
-                        "runs": args.runs,
-                        "save": suite.path("w1-fast"),
-                    },
-                ),
-            ]
-        )
+                    {**engine_runs, "options": {"dtype": "auto"}, "save": suite.path("w1-auto")},
+                )
+            )
+        suite.interleaved(specs)
 
     if "w2" in sections:
         for tokens in (128, 512):
             if args.quick:
                 tokens = tokens // 4
             suite.run(
-                f"w2-fast-{tokens}",
+                f"w2-default-{tokens}",
                 "w1",
                 tokens=tokens,
                 method="engine",
-                fast=True,
+                options={"dtype": "auto"},
                 runs=args.runs,
                 max_seconds=args.slow_seconds if tokens >= 512 else 1e9,
             )
@@ -650,16 +669,16 @@ def main() -> None:
         suite.interleaved(
             [
                 (
-                    "w3-fast",
+                    "w3-default",
                     "w3",
                     {
                         "method": "engine",
-                        "fast": True,
+                        "options": {},
                         "examples": args.w3_examples,
                         "batch_size": args.w3_batch_size,
                         "runs": args.runs,
                         "keep": few,
-                        "save": suite.path("w3-fast"),
+                        "save": suite.path("w3-default"),
                     },
                 ),
                 (
@@ -677,20 +696,25 @@ def main() -> None:
                     },
                 ),
                 (
-                    "w3-exact",
+                    "w3-preset",
                     "w3",
                     {
                         "method": "engine",
+                        # the paper's pruning importance: right Riemann 20, fp32, gold label
+                        "options": preset_options("paper", "pruning"),
                         "examples": stride * few,
                         "stride": stride,
                         "batch_size": args.w3_batch_size,
                         "runs": args.runs,
                         "keep": few,
-                        "save": suite.path("w3-exact"),
+                        "save": suite.path("w3-preset"),
                     },
                 ),
             ]
         )
+
+    if "smollm2" in sections:
+        suite.run("smollm2", "smollm2", prompts=args.smollm2_prompts)
 
     if "peak" in sections and not args.quick:  # again at the end: the best of both is the peak
         for dtype in ("float32", "bfloat16"):

@@ -90,6 +90,8 @@ def _attr_options(steps: str, rule: str, fast: bool) -> dict[str, Any]:
             steps = int(steps)
         except ValueError:
             raise InputError(f"--steps must be an integer or 'auto', got {steps!r}") from None
+    elif rule == "riemann-right":  # the command's default rule: 'auto' is error-controlled Gauss-Kronrod
+        rule = "gauss-legendre"
     return {"steps": steps, "rule": rule, "dtype": None}
 
 

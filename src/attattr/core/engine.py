@@ -21,7 +21,9 @@ How alpha is integrated:
     subinterval's error signals: (a) its result against its embedded lower-order rule, as the
     Frobenius norm of the difference of the scores, and (b) completeness on the subinterval: the sum
     of its scores against F(b * A^l) - F(a * A^l), which one forward row per new endpoint gives.
-    A layer's estimate is the sum over its subintervals of max(||dS||_F / ||S||_F, |gap| / ||S||_1).
+    A layer's estimate is the sum over its subintervals of max(||dS||_F / ||S||_F, |gap| / D), with
+    D = |F(A) - F(0 A^l)| (or a tenth of the scores' absolute sum where they cancel to less), plus,
+    where bf16 is used, bf16's rounding of the gradient measured against fp32 at one node.
     A layer that misses `tol` within the budget is recorded as unconverged, never silently.
 """
 
