@@ -296,8 +296,13 @@ class ShardWorker:
                 from .. import models
 
                 model = models.load(model_source, build=False, quiet=True).model
-            if use_gpu and torch.cuda.is_available():
-                model.to("cuda")
+            if use_gpu:
+                if not torch.cuda.is_available():
+                    raise ModelError(
+                        f"GPUs were requested (--gpus-per-worker) but torch {torch.__version__} on this "
+                        "node has no CUDA"
+                    )
+                model.to("cuda")  # Ray made the worker's GPU(s) the only visible ones
             self.model = model.eval()
         except AttattrError as exc:
             self.error = str(exc)
@@ -534,7 +539,7 @@ class RayExecutor:
             what = "the shipped model" if self.ship_model else repr(self._source)
             hint = (
                 ""
-                if self.ship_model
+                if self.ship_model or (self.gpus_per_worker and "--gpus-per-worker" in info["error"])
                 else "; make it readable at the same path on every node, or pass --ship-model to send "
                 "the weights through Ray's object store"
             )
