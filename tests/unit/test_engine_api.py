@@ -46,6 +46,9 @@ def test_hook_without_injection_matches_eager_logits(arch):
         ({"output": "energy"}, "unknown output 'energy'"),
         ({"layers": [9]}, "layers must be within 0..2"),
         ({"dtype": "int8"}, "unknown dtype"),
+        ({"steps": "fast"}, "steps must be an integer >= 1 or 'auto'"),
+        ({"tol": 0}, "tol must be a number between 0 and 1"),
+        ({"preset": "paper", "steps": 8}, "preset 'paper' fixes steps=20"),
     ],
 )
 def test_bad_arguments_raise_typed_errors(bert, kwargs, message):
