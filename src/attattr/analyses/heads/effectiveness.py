@@ -16,10 +16,10 @@ import torch
 from ...core.encoding import predict, predict_prompts
 from ...core.hooks import model_num_heads, model_num_layers
 from ...methods.attribution import attribution_records, check_integration
-from ...methods.base import check_prompts, is_decoder, pairs_or_none, prompt_metric
+from ...methods.base import pairs_or_none
 from ...methods.gates import mask_key, per_example_gates
-from ..runs import Executor, Job, RunExample, as_examples, check_count, register_shard_function, run
-from .importance import ProgressFn, StoreArg, store_for
+from ..runs import Executor, Job, RunExample, check_count, register_shard_function, run
+from .importance import ProgressFn, StoreArg, run_examples, store_for
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -156,13 +156,7 @@ def effectiveness(
     check_count(eval_batch_size, "evaluation batch size")
     num_layers, num_heads = model_num_layers(model), model_num_heads(model)
     counts = prune_counts(num_layers * num_heads, step)
-    if is_decoder(model):
-        items = as_examples(examples)
-        check_prompts(items)
-        metric = prompt_metric(items, metric)
-    else:
-        items = as_examples(examples, need_labels=True, num_labels=model.config.num_labels)
-        metric = None
+    items, metric = run_examples(model, examples, metric)
     context = dict(settings or {})
     if metric is not None:
         context["metric"] = metric

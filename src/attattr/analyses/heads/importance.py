@@ -111,6 +111,19 @@ def store_for(
     return open_store(job, folder=runs_dir, name=name, fresh=fresh)
 
 
+def run_examples(
+    model: PreTrainedModel, examples: Iterable, metric: str | None, *, need_labels: bool = True
+) -> tuple[list[RunExample], str | None]:
+    """The examples of a run and its metric. A causal LM: prompts that all have targets, scored by
+    `metric` (default by their targets). A classifier: examples with labels within its classes
+    (all labelled when `need_labels`); no metric."""
+    if is_decoder(model):
+        items = as_examples(examples)
+        check_prompts(items)
+        return items, prompt_metric(items, metric)
+    return as_examples(examples, need_labels=need_labels, num_labels=model.config.num_labels), None
+
+
 def head_importance(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase | None,
@@ -158,14 +171,7 @@ def head_importance(
         return m.merge(
             [], num_layers=num_layers, num_heads=num_heads, settings={**context, "seed": int(seed)}
         )
-    decoder = is_decoder(model)
-    if decoder:
-        items = as_examples(examples)
-        check_prompts(items)
-        metric = prompt_metric(items, metric)
-    else:
-        items = as_examples(examples, need_labels=m.needs_labels, num_labels=model.config.num_labels)
-        metric = None
+    items, metric = run_examples(model, examples, metric, need_labels=m.needs_labels)
     job = importance_job(
         method,
         items,

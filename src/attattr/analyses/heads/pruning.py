@@ -19,14 +19,15 @@ from ...core.encoding import predict, predict_prompts, token_count
 from ...core.errors import InputError
 from ...core.hooks import model_num_heads, model_num_layers
 from ...methods import Importance, get_method
-from ...methods.base import check_prompts, is_decoder, prompt_metric
+from ...methods.base import is_decoder
 from ...methods.gates import mask_key
-from ..runs import Executor, Job, as_examples, check_count
+from ..runs import Executor, Job, check_count
 from .importance import (
     ProgressFn,
     StoreArg,
     check_importance_options,
     head_importance,
+    run_examples,
     store_for,
 )
 
@@ -67,13 +68,7 @@ def pruning_curves(
     """
     check_count(eval_batch_size, "evaluation batch size")
     decoder = is_decoder(model)
-    if decoder:
-        items = as_examples(eval_examples)
-        check_prompts(items)
-        metric = prompt_metric(items, metric)
-    else:
-        items = as_examples(eval_examples, need_labels=True, num_labels=model.config.num_labels)
-        metric = None
+    items, metric = run_examples(model, eval_examples, metric)
     num_layers, num_heads = model_num_layers(model), model_num_heads(model)
     total = num_layers * num_heads
     for f in fractions:
