@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,22 @@ def _pct(value) -> str:
 
 def _minutes(seconds) -> str:
     return "-" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def _already_built(name: str, *, force: bool, json_out: bool, note: Callable[[Path, dict], str]) -> bool:
+    """Without --force a built recipe is kept: say so (JSON, or `note(directory, manifest)`) and
+    return True; otherwise False (build it)."""
+    from ..models import is_built, read_manifest, recipe_dir
+
+    if not is_built(name) or force:
+        return False
+    directory = recipe_dir(name)
+    manifest = read_manifest(directory) or {}
+    if json_out:
+        print_json({"trained": False, "path": str(directory), "manifest": manifest})
+    else:
+        console.print(note(directory, manifest))
+    return True
 
 
 @app.command("train")
@@ -50,24 +67,24 @@ def train(
     The model goes to $ATTATTR_HOME/models/RECIPE (default ~/.cache/attattr). An interrupted run
     leaves no half-written model behind.
     """
-    from ..models import ConvertedRecipe, get_recipe, is_built, read_manifest, recipe_dir
+    from ..models import ConvertedRecipe, get_recipe, recipe_dir
     from ..training import train_recipe
 
     spec = get_recipe(recipe)
     if isinstance(spec, ConvertedRecipe):
         _convert(spec, max_steps=max_steps, dev_limit=dev_limit, force=force, json_out=json_out)
         return
-    directory = recipe_dir(spec.name)
-    if is_built(spec.name) and not force:
-        manifest = read_manifest(directory) or {}
-        if json_out:
-            print_json({"trained": False, "path": str(directory), "manifest": manifest})
-        else:
-            console.print(
-                f"{spec.name} is already built ({directory}, dev accuracy {_pct(manifest.get('dev_accuracy'))}); "
-                "use --force to retrain"
-            )
+    if _already_built(
+        spec.name,
+        force=force,
+        json_out=json_out,
+        note=lambda directory, manifest: (
+            f"{spec.name} is already built ({directory}, dev accuracy {_pct(manifest.get('dev_accuracy'))}); "
+            "use --force to retrain"
+        ),
+    ):
         return
+    directory = recipe_dir(spec.name)
     if not json_out:
         steps = f", at most {max_steps} steps" if max_steps else ""
         console.print(
@@ -93,18 +110,20 @@ def _convert(spec, *, max_steps: int | None, dev_limit: int | None, force: bool,
     """`attattr train smollm2`: convert the shipped GGUF file (nothing to train)."""
     from ..convert import build_converted
     from ..core.errors import InputError
-    from ..models import is_built, read_manifest, recipe_dir
+    from ..models import recipe_dir
 
     if max_steps is not None or dev_limit is not None:
         raise InputError(f"{spec.name} is converted, not trained: --max-steps and --dev-limit do not apply")
-    directory = recipe_dir(spec.name)
-    if is_built(spec.name) and not force:
-        manifest = read_manifest(directory) or {}
-        if json_out:
-            print_json({"trained": False, "path": str(directory), "manifest": manifest})
-        else:
-            console.print(f"{spec.name} is already built ({directory}); use --force to convert it again")
+    if _already_built(
+        spec.name,
+        force=force,
+        json_out=json_out,
+        note=lambda directory, manifest: (
+            f"{spec.name} is already built ({directory}); use --force to convert it again"
+        ),
+    ):
         return
+    directory = recipe_dir(spec.name)
     if not json_out:
         console.print(
             f"converting {spec.name} from {spec.gguf_file} (package {spec.pip}; about "
