@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -23,9 +22,9 @@ def _minutes(seconds) -> str:
     return "-" if seconds is None else f"{seconds / 60:.1f} min"
 
 
-def _already_built(name: str, *, force: bool, json_out: bool, note: Callable[[Path, dict], str]) -> bool:
-    """Without --force a built recipe is kept: say so (JSON, or `note(directory, manifest)`) and
-    return True; otherwise False (build it)."""
+def _already_built(name: str, *, force: bool, json_out: bool, redo: str, accuracy: bool) -> bool:
+    """Without --force a built recipe is kept: say so (JSON, or a line with its dev accuracy when
+    `accuracy` and how to `redo` it) and return True; otherwise False (build it)."""
     from ..models import is_built, read_manifest, recipe_dir
 
     if not is_built(name) or force:
@@ -35,7 +34,10 @@ def _already_built(name: str, *, force: bool, json_out: bool, note: Callable[[Pa
     if json_out:
         print_json({"trained": False, "path": str(directory), "manifest": manifest})
     else:
-        console.print(note(directory, manifest))
+        where = (
+            f"{directory}, dev accuracy {_pct(manifest.get('dev_accuracy'))}" if accuracy else f"{directory}"
+        )
+        console.print(f"{name} is already built ({where}); use --force to {redo}")
     return True
 
 
@@ -74,15 +76,7 @@ def train(
     if isinstance(spec, ConvertedRecipe):
         _convert(spec, max_steps=max_steps, dev_limit=dev_limit, force=force, json_out=json_out)
         return
-    if _already_built(
-        spec.name,
-        force=force,
-        json_out=json_out,
-        note=lambda directory, manifest: (
-            f"{spec.name} is already built ({directory}, dev accuracy {_pct(manifest.get('dev_accuracy'))}); "
-            "use --force to retrain"
-        ),
-    ):
+    if _already_built(spec.name, force=force, json_out=json_out, redo="retrain", accuracy=True):
         return
     directory = recipe_dir(spec.name)
     if not json_out:
@@ -114,14 +108,7 @@ def _convert(spec, *, max_steps: int | None, dev_limit: int | None, force: bool,
 
     if max_steps is not None or dev_limit is not None:
         raise InputError(f"{spec.name} is converted, not trained: --max-steps and --dev-limit do not apply")
-    if _already_built(
-        spec.name,
-        force=force,
-        json_out=json_out,
-        note=lambda directory, manifest: (
-            f"{spec.name} is already built ({directory}); use --force to convert it again"
-        ),
-    ):
+    if _already_built(spec.name, force=force, json_out=json_out, redo="convert it again", accuracy=False):
         return
     directory = recipe_dir(spec.name)
     if not json_out:
