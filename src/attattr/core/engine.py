@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -696,6 +696,10 @@ def _integrate_adaptive(passes: _Passes, attentions, mask, output_values, baseli
     # bf16 is tried without halving (a layer that needs it is no place for bf16's rounding)
     first_cap = 1 if way.measure_bf16 else way.max_subintervals
     works = [fresh(b, p, layer, way.dtype, first_cap) for p, layer in enumerate(s.layers) for b in range(bsz)]
+    # the sums of each (example, layer) live beside the passes: up to three `[heads, n, n]` tensors
+    # each while a round runs; the passes get what is left of the budget (at least a quarter)
+    sums = len(works) * 3 * 4 * attentions[s.layers[0]][0].numel()
+    s = replace(s, budget=max(s.budget - sums, s.budget // 4))
     _run_rounds(passes, works, attention, way.tol, s)
     if way.measure_bf16:
         # layers whose estimate missed tol in bf16 are recomputed from scratch in fp32
