@@ -107,6 +107,18 @@ RECIPES: dict[str, Recipe] = {
             expected_minutes=4,
         ),
         Recipe(
+            "minilm-snli",
+            "snli",
+            "SNLI natural language inference on premise/hypothesis pairs (entailment, neutral, "
+            "contradiction), a fixed subset of 24,000 training pairs",
+            max_length=128,
+            epochs=1,
+            train_examples=24000,
+            lr=1e-4,
+            batch_size=32,
+            expected_minutes=10,
+        ),
+        Recipe(
             "mpnet-rt",
             "rotten-tomatoes",
             "Rotten Tomatoes sentence polarity, fine-tuned from all-mpnet-base-v2 (MPNet, 12 layers x 12 heads)",
