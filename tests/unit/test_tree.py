@@ -1,4 +1,4 @@
-"""Attribution trees (SPEC §3): hand-made score maps with known trees, a plain reference
+"""Attribution trees (docs/method.md §3): hand-made score maps with known trees, a plain reference
 implementation compared on random inputs, the root-row exclusion, degenerate trees, pairs, export."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from attattr.core.errors import InputError
 from attattr.core.result import Attribution
 
 
-# ---- a plain reference implementation, written from SPEC §3 with plain loops -------------------
+# ---- a plain reference implementation, written from docs/method.md §3 with plain loops -------------------
 def plain_tree(scores: np.ndarray, tau: float, mode: str, root: int = 0):
     """Returns (top, {child: (parent, layer, score)}, skipped [(i, j, layer, reason)]).
 

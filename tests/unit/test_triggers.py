@@ -1,4 +1,4 @@
-"""Trigger mining and the attack (SPEC §4) on a tiny in-memory model and tokenizer."""
+"""Trigger mining and the attack (docs/method.md §4) on a tiny in-memory model and tokenizer."""
 
 from __future__ import annotations
 

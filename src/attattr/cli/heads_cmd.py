@@ -1,4 +1,4 @@
-"""Commands: `attattr heads importance | effectiveness | prune | correlate` (SPEC §2).
+"""Commands: `attattr heads importance | effectiveness | prune | correlate` (docs/method.md §2).
 
 Each command checks its options (before loading anything), loads the model and data, calls one
 analysis of `attattr.analyses.heads` and renders its result: JSON, figures, report.html and a

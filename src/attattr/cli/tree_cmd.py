@@ -1,4 +1,4 @@
-"""Commands: `attattr tree TEXT` (one example's attribution tree) and `attattr tree stats` (SPEC §3).
+"""Commands: `attattr tree TEXT` (one example's attribution tree) and `attattr tree stats` (docs/method.md §3).
 
 `tree` is a group whose default command draws a tree, so that both `attattr tree "some text"` and
 `attattr tree stats --data ...` work: an argument that is not a sub-command name goes to the

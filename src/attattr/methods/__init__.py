@@ -1,4 +1,4 @@
-"""Head-importance methods, registered by name (SPEC §2; docs/method.md).
+"""Head-importance methods, registered by name (docs/method.md §2; docs/method.md).
 
 Each gives an `Importance`, a `[layers, heads]` table (higher = more important):
   attattr        mean over examples of max_{i,j} Attr_h(x) (gold-label probability, max pooling)

@@ -1,5 +1,5 @@
 """attattr: the mean over examples of max_{i,j} Attr_h(x), the attribution of the gold label's
-probability (max pooling, SPEC §2); for a causal LM, of the prompts' metric (logit difference, ...).
+probability (max pooling, docs/method.md §2); for a causal LM, of the prompts' metric (logit difference, ...).
 Its records also keep each head's largest attention weight, which the effectiveness analysis
 orders heads by (for a causal LM, over query positions after the first: the first token can only
 attend to itself, so every head's largest weight would be 1 there)."""

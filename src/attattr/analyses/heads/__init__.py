@@ -1,4 +1,4 @@
-"""Head importance, head pruning and cross-model correlation (SPEC §2; the paper's Figs. 2, 3, 4).
+"""Head importance, head pruning and cross-model correlation (docs/method.md §2; the paper's Figs. 2, 3, 4).
 
 Pruning a head means multiplying its attention probabilities by 0 inside our attention function
 (`AttentionHook.head_gates`), so its context vector is 0; nothing is re-trained. Gates are

@@ -1,4 +1,4 @@
-"""Cross-model correlation of head importance (SPEC §2c, the paper's Fig. 4)."""
+"""Cross-model correlation of head importance (docs/method.md §2c, the paper's Fig. 4)."""
 
 from __future__ import annotations
 

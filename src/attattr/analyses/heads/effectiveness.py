@@ -1,4 +1,4 @@
-"""Effectiveness of per-example head orderings (SPEC §2a, the paper's Fig. 2): per example, prune
+"""Effectiveness of per-example head orderings (docs/method.md §2a, the paper's Fig. 2): per example, prune
 its k least (or most) important heads by its own attribution (gold label) or by its own max
 attention weight; accuracy and mean gold-label probability against k. A resumable run: one record
 per example with its four curves. A causal LM's prompts are scored by their metric instead of the

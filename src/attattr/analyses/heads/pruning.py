@@ -1,4 +1,4 @@
-"""Head pruning by dataset importance (SPEC §2b, the paper's Fig. 3): prune the p least important
+"""Head pruning by dataset importance (docs/method.md §2b, the paper's Fig. 3): prune the p least important
 heads for p = 0, 10, ..., 100 % of all heads and evaluate on a whole evaluation split, for each
 importance method (random: the mean over seeds). A causal LM is evaluated on prompts by their
 metric (mean logit difference, ...; accuracy: the metric above 0)."""

@@ -1,7 +1,7 @@
 """Attribution trees: the paper's Algorithm 1, generalised to any depth and any special tokens.
 
 Input: one example's attribution scores `[layers, heads, n, n]` (row i = query token, column j =
-key token; information flows j -> i). Steps (SPEC §3, choices documented in docs/trees.md):
+key token; information flows j -> i). Steps (docs/method.md §3, choices documented in docs/trees.md):
 
 1. per layer, sum over heads: `S^l = sum_h Attr^l_h`                                   [layers, n, n]
 2. normalise each layer by its largest entry outside the root's query row

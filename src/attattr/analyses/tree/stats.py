@@ -1,4 +1,4 @@
-"""Analyses built on attribution trees over a dataset (SPEC §3).
+"""Analyses built on attribution trees over a dataset (docs/method.md §3).
 
 * tree size and depth distributions;
 * receptive field: per layer, the mean token distance |i - j| of tree edges;
