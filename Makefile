@@ -57,6 +57,14 @@ lint: setup
 test: setup browser-deps lint
 	$(BIN)/python -m pytest -q -ra
 
+# the tiers on their own: unit (tiny in-memory models, API level), cli (the same through the
+# commands), robustness, ray (a loopback cluster), integration (shipped models), browser
+unit: setup
+	$(BIN)/python -m pytest -q tests/unit -m 'not cli'
+
+integration: setup
+	$(BIN)/python -m pytest -q tests/integration
+
 bench: setup
 	$(BIN)/pip install -q 'captum>=0.7'
 	$(BIN)/python benchmarks/run.py

@@ -160,6 +160,15 @@ def save_tiny_model():
     return save
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that drive a command (through `run_cli`, named test_cli_*, or in a *_cli.py file) form
+    the CLI tier (marker `cli`); the rest of tests/unit is the unit tier."""
+    for item in items:
+        by_name = item.name.startswith("test_cli") or item.path.name.endswith("_cli.py")
+        if by_name or "run_cli" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cli)
+
+
 @pytest.fixture
 def run_cli(monkeypatch, capsys):
     def run(*args) -> tuple[int, str, str]:

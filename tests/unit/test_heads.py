@@ -669,6 +669,7 @@ def test_cli_runs_with_other_settings_coexist_and_rejected_commands_write_nothin
     assert code == 2 and "is a file" in err
 
 
+@pytest.mark.cli  # a real process
 def test_cli_killed_mid_run_resumes_with_identical_numbers(tiny_files, tmp_path, monkeypatch, capsys):
     """kill -9 of a real `attattr heads importance` process: the finished shards are in its run file,
     and the resumed run ends with the numbers of an uninterrupted one."""

@@ -354,6 +354,7 @@ def test_a_failing_shard_stops_or_lets_the_others_finish(tmp_path):
     assert "e1" not in {r["id"] for r in records}
 
 
+@pytest.mark.cli  # a real process
 def test_a_fresh_process_finds_the_analyses_shard_functions_by_kind():
     """A worker that only received a job imports the analysis that registered its kind."""
     import subprocess
