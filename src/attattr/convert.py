@@ -41,6 +41,7 @@ from .models import (
     quiet_transformers,
     read_manifest,
     recipe_dir,
+    remove_stale_builds,
 )
 
 MANIFEST_FORMAT = "attattr-model/1"
@@ -274,7 +275,7 @@ def _save_directory(
     """Write everything under a temporary name next to `dest`, the manifest last, then rename."""
     parent = dest.parent
     parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(parent, dest.name)
+    remove_stale_builds(parent, dest.name)
     tmp = parent / f".tmp-{dest.name}-{os.getpid()}-{time.time_ns() % 10**9}"
     old = None
     try:
@@ -297,21 +298,6 @@ def _save_directory(
             else:  # interrupted between the two renames: put the previous copy back
                 os.rename(old, dest)
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _remove_stale(parent: Path, name: str) -> None:
-    """Temporary directories of earlier runs for `name` whose process is gone."""
-    for tmp in parent.glob(f".tmp-{name}-*"):
-        try:
-            pid = int(tmp.name.rsplit("-", 2)[-2])
-            os.kill(pid, 0)
-            alive = pid != os.getpid()
-        except (ValueError, IndexError, ProcessLookupError):
-            alive = False
-        except PermissionError:
-            alive = True
-        if not alive:
             shutil.rmtree(tmp, ignore_errors=True)
 
 

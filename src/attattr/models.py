@@ -294,6 +294,24 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def remove_stale_builds(parent: Path, name: str) -> None:
+    """Remove the `.tmp-<name>-<pid>-*` directories of interrupted builds whose process is gone
+    (training and GGUF conversion both build into such a directory and rename it into place)."""
+    import shutil
+
+    for tmp in parent.glob(f".tmp-{name}-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 2)[-2])
+            os.kill(pid, 0)
+            alive = pid != os.getpid()
+        except (ValueError, IndexError, ProcessLookupError):
+            alive = False
+        except PermissionError:
+            alive = True
+        if not alive:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def build_lock(name: str, home: Path | None = None) -> Iterator[None]:
     """An exclusive lock on building recipe `name` (a no-op where fcntl does not exist)."""

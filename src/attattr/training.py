@@ -44,6 +44,7 @@ from .models import (
     quiet_transformers,
     read_manifest,
     recipe_dir,
+    remove_stale_builds,
 )
 from .version import __version__
 
@@ -216,21 +217,6 @@ class _Progress:
             self._progress.__exit__(*exc)
 
 
-def _clean_stale(models_dir: Path, name: str) -> None:
-    """Remove temporary directories of interrupted runs of this recipe whose process is gone."""
-    for tmp in models_dir.glob(f".tmp-{name}-*"):
-        try:
-            pid = int(tmp.name.rsplit("-", 2)[-2])
-            os.kill(pid, 0)
-            alive = pid != os.getpid()
-        except (ValueError, IndexError, ProcessLookupError):
-            alive = False
-        except PermissionError:
-            alive = True
-        if not alive:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def recover_interrupted(name: str, home: Path | None = None) -> Path | None:
     """Finish what a replacement killed between its two renames left behind: the previous model
     moved aside to `.old-<name>-<pid>-<n>` and no model in its place. The newest complete one is
@@ -241,7 +227,7 @@ def recover_interrupted(name: str, home: Path | None = None) -> Path | None:
     final = recipe_dir(name, home)
     if not final.parent.is_dir():
         return None
-    _clean_stale(final.parent, name)
+    remove_stale_builds(final.parent, name)
     left = [p for p in _aside(final.parent, name) if not _process_alive(p)]
     if not left or (final.exists() and not is_built(name, home)):
         return None
@@ -492,7 +478,7 @@ def _save_atomically(
 
     models_dir = final.parent
     models_dir.mkdir(parents=True, exist_ok=True)
-    _clean_stale(models_dir, final.name)
+    remove_stale_builds(models_dir, final.name)
     recover_interrupted(final.name, models_dir.parent)
     tmp = models_dir / f".tmp-{final.name}-{os.getpid()}-{time.time_ns() % 10**9}"
     old = None
