@@ -100,3 +100,29 @@ def test_the_model_does_greater_than(smollm2):
         below = [prompts.continuation_ids(tok, ex.prompt, d)[0] for d in ex.foil]
         # measured on the first 40: every one positive, mean 0.52
         assert probs[row, above].sum() > probs[row, below].sum(), ex.prompt
+
+
+def test_explaining_the_ioi_contrast_on_30_layers_of_9_query_heads(smollm2, tmp_path):
+    """The demo's attribution (two Gauss-Legendre nodes to keep the test short): F is the model's own
+    logit difference, the tensors are causal per query head, and the report is written."""
+    import attattr
+    from attattr.render.outputs import write_explanation
+
+    _, loaded = smollm2
+    tok = loaded.tokenizer
+    a = attattr.attribute(
+        loaded.model, tok, IOI_SENTENCE, target=" Mary", foil=" John", steps=2, rule="gauss-legendre"
+    )
+    logits = _last_logits(loaded, [IOI_SENTENCE])[0]
+    mary, john = (
+        tok(" Mary", add_special_tokens=False)["input_ids"][0],
+        tok(" John", add_special_tokens=False)["input_ids"][0],
+    )
+    assert a.output == "logit-diff" and a.output_value == pytest.approx(
+        float(logits[mary] - logits[john]), abs=1e-3
+    )
+    assert a.scores.shape == (30, 9, 14, 14) and a.decoder["top"][0]["text"] == " Mary"
+    assert torch.equal(a.scores.triu(1), torch.zeros_like(a.scores))
+    written = write_explanation(a, tmp_path)
+    assert (tmp_path / "report.html").stat().st_size > 0 and len(written) > 5
+    assert "Prompt and prediction" in (tmp_path / "report.html").read_text()
