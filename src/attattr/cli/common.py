@@ -96,3 +96,15 @@ def _split_markdown_tables(text: str) -> tuple[str, list[list[dict[str, str]]]]:
     if block:
         flush()
     return "\n".join(kept), tables
+
+
+def dataset_or_recipe_data(loaded, data: str | None) -> str:
+    """`--data` as given, or else the dataset the model's recipe was trained on."""
+    if data:
+        return data
+    recipe = getattr(loaded, "recipe", None)
+    for key in ("dataset", "data"):
+        value = recipe.get(key) if isinstance(recipe, dict) else getattr(recipe, key, None)
+        if isinstance(value, str) and value:
+            return value
+    raise InputError(f"model {loaded.model_id!r} has no recipe dataset; give --data")

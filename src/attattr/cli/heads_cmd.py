@@ -17,7 +17,7 @@ from rich.table import Table
 from ..core.errors import InputError
 from ..core.files import write_json
 from .app import app
-from .common import console, print_json, progress_bar, write_dataset_report
+from .common import console, dataset_or_recipe_data, print_json, progress_bar, write_dataset_report
 from .ray_options import (
     CpusPerWorkerOpt,
     GpusPerWorkerOpt,
@@ -117,19 +117,6 @@ def _load_model(name: str, quiet: bool):
     from .. import models
 
     return models.load(name, quiet=quiet)  # its tokenizer cuts inputs at the recipe's max_length
-
-
-def _default_data(loaded, data: str | None) -> str:
-    if data:
-        return data
-    recipe = getattr(loaded, "recipe", None)
-    for attr in ("dataset", "data"):
-        value = getattr(recipe, attr, None) if recipe is not None else None
-        if isinstance(recipe, dict):
-            value = recipe.get(attr)
-        if isinstance(value, str) and value:
-            return value
-    raise InputError(f"model {loaded.model_id!r} has no recipe dataset; give --data")
 
 
 def _load_data(
@@ -288,7 +275,7 @@ def importance_cmd(
     check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
     _check_out(out)
     loaded = _load_model(model, json_out)
-    data = _default_data(loaded, data)
+    data = dataset_or_recipe_data(loaded, data)
     sample = _sample_label(first, sample_seed)
     dataset = []
     if get_method(method).needs_examples:
@@ -377,7 +364,7 @@ def effectiveness_cmd(
     check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
     _check_out(out)
     loaded = _load_model(model, json_out)
-    data = _default_data(loaded, data)
+    data = dataset_or_recipe_data(loaded, data)
     columns = _columns(text_column, pair_column, label_column)
     dataset = _load_data(loaded, data, split, examples, columns, _seed(first, sample_seed))
     started = time.perf_counter()
@@ -502,7 +489,7 @@ def prune_cmd(
     check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
     _check_out(out)
     loaded = _load_model(model, json_out)
-    data = _default_data(loaded, data)
+    data = dataset_or_recipe_data(loaded, data)
     columns = _columns(text_column, pair_column, label_column)
     sample = _sample_label(first, sample_seed)
     imp_data = _load_data(loaded, data, importance_split, examples, columns, _seed(first, sample_seed))
@@ -631,7 +618,7 @@ def correlate_cmd(
     needs_examples = get_method(method).needs_examples
     for i, name in enumerate(model_names):
         loaded = _load_model(name, json_out)
-        dname = data_names[i] if data_names else _default_data(loaded, None)
+        dname = data_names[i] if data_names else dataset_or_recipe_data(loaded, None)
         dataset = []
         if needs_examples:
             columns = _columns("text", None, "label")

@@ -16,7 +16,15 @@ from typer.core import TyperCommand, TyperGroup
 from ..core.errors import InputError
 from ..core.quadrature import RULES
 from .app import app
-from .common import check_out_dir, check_text, console, print_json, progress_bar, write_dataset_report
+from .common import (
+    check_out_dir,
+    check_text,
+    console,
+    dataset_or_recipe_data,
+    print_json,
+    progress_bar,
+    write_dataset_report,
+)
 from .ray_options import (
     CpusPerWorkerOpt,
     GpusPerWorkerOpt,
@@ -256,17 +264,6 @@ def _ks(value: str) -> list[int]:
     return ks
 
 
-def _default_data(loaded, data: str | None) -> str:
-    if data:
-        return data
-    recipe = getattr(loaded, "recipe", None)
-    for key in ("dataset", "data"):
-        value = recipe.get(key) if isinstance(recipe, dict) else getattr(recipe, key, None)
-        if isinstance(value, str) and value:
-            return value
-    raise InputError(f"model {loaded.model_id!r} has no recipe dataset; give --data")
-
-
 @tree_app.command("stats")
 def tree_stats_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (JSON, figures, run file).")],
@@ -354,7 +351,7 @@ def tree_stats_cmd(
     check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
     check_output_folder(out)
     loaded = _load_model(model)
-    data_name = _default_data(loaded, data)
+    data_name = dataset_or_recipe_data(loaded, data)
     dataset = data_module.load_dataset(
         data_name,
         split,
