@@ -8,11 +8,12 @@ connections, pruning curves, the effectiveness analysis and their figures (docs/
 
 `attribute` runs attattr over the prompts (objective: the set's metric, each prompt's own target and
 foil; Gauss-Legendre with --nodes nodes) and appends one JSON line per prompt to
-<work>/attributions-<data>.jsonl (resumable: prompts already there are skipped): the head-importance
+<ATTATTR_HOME>/benchmarks/decoders/attributions-<data>.jsonl (resumable: prompts already there are
+skipped): the head-importance
 table, each head's largest attention weight, the metric, and each head's attribution row of the
 predicting position. `analyse` reads those files and computes the rest (Taylor importance, pruning
 curves on a held-out split, effectiveness, rank correlation, figures), writing
-<work>/results.json and docs/figures/decoders-*.png.
+benchmarks/results/decoders/results.json and docs/figures/decoders-*.png.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from attattr.core.engine import attribute_many
 from attattr.core.files import write_json, write_text
 
 ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "benchmarks" / "results" / "decoders"
+WORK = ROOT / "benchmarks" / "results" / "decoders"  # the summaries (results.json, lowlayers.json)
+# the per-prompt attributions (about 45 MB per 200 prompts) stay out of the repository
+STORE = models.attattr_home() / "benchmarks" / "decoders"
 FIGURES = ROOT / "docs" / "figures"
 if os.environ.get("DECODERS_TRIAL"):  # a trial of `analyse`: figures and results elsewhere
     FIGURES = Path(os.environ["DECODERS_TRIAL"])
@@ -49,8 +52,8 @@ def _positions(tokens: list[str], word: str) -> list[int]:
 
 
 def attribute(data: str, count: int, nodes: int, split: str) -> None:
-    WORK.mkdir(parents=True, exist_ok=True)
-    path = WORK / f"attributions-{data}.jsonl"
+    STORE.mkdir(parents=True, exist_ok=True)
+    path = STORE / f"attributions-{data}.jsonl"
     done = set()
     if path.exists():
         done = {json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()}
@@ -136,11 +139,12 @@ def lowlayers(nodes: list[int]) -> None:
         }
         gaps = ", ".join(f"{row['gap']:+.3f}" for row in out[m]["completeness"])
         print(f"{m} nodes: gaps {gaps}  ({out[m]['seconds']:.0f} s)", flush=True)
+    WORK.mkdir(parents=True, exist_ok=True)
     write_json(WORK / "lowlayers.json", out)
 
 
 def _records(data: str, count: int) -> list[dict]:
-    path = WORK / f"attributions-{data}.jsonl"
+    path = STORE / f"attributions-{data}.jsonl"
     if not path.exists() or count == 0:
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -299,6 +303,12 @@ def analyse(count: int, gt_count: int, eval_count: int, step: int) -> None:
         corr = correlate({"IOI": imp["attattr"], "greater-than": gt_imp})
         results["correlation"] = corr["pairs"]
         plot_correlation_pairs(corr, FIGURES / "decoders-ioi-vs-gt")
+        # the same without layers 0 and 1, whose integrals do not converge (lowlayers)
+        upper = {
+            name: Importance(i.scores[2:], i.method, i.example_ids, i.settings)
+            for name, i in (("IOI", imp["attattr"]), ("greater-than", gt_imp))
+        }
+        results["correlation_above_layer_1"] = correlate(upper)["pairs"]
 
     # pruning curves: importance from the dev prompts, evaluated on held-out test prompts
     eval_set = prompts.check_tokens(prompts.load_prompts("ioi", "test", count=eval_count), tok)
@@ -361,7 +371,8 @@ def _summary(results: dict) -> dict:
     return {
         "ioi_top_heads": results["ioi_top_heads"][:5],
         "gt_top_heads": results.get("gt_top_heads", [])[:5],
-        "correlation": results.get("correlation"),
+        "correlation": _without_points(results.get("correlation")),
+        "correlation_above_layer_1": _without_points(results.get("correlation_above_layer_1")),
         "pruning_mean_accuracy": pruning["mean_accuracy"],
         "pruning_mean_metric": pruning.get("mean_metric"),
         "connections": [
@@ -376,6 +387,10 @@ def _summary(results: dict) -> dict:
         "completeness_mean_abs_gap": [round(g, 3) for g in results["completeness_mean_abs_gap"]],
         "gt_metric": results.get("gt_metric"),
     }
+
+
+def _without_points(pairs: list[dict] | None) -> list[dict] | None:
+    return None if pairs is None else [{k: v for k, v in p.items() if k not in ("x", "y")} for p in pairs]
 
 
 def _plot_connections(connections: list[dict], prompts_used: int) -> None:
