@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
-import os
-import shutil
 import sys
 import time
 from collections import Counter
@@ -30,10 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from .core.errors import ModelError
-from .core.files import write_json
 from .models import (
     CAUSAL_LM,
-    MANIFEST,
     ConvertedRecipe,
     attattr_home,
     build_lock,
@@ -41,7 +37,7 @@ from .models import (
     quiet_transformers,
     read_manifest,
     recipe_dir,
-    remove_stale_builds,
+    save_built,
 )
 
 MANIFEST_FORMAT = "attattr-model/1"
@@ -213,7 +209,9 @@ def convert_gguf(
     )
     step("saving")
     with quiet_transformers():
-        _save_directory(model, tokenizer, record, dest, force=force, started=started)
+        save_built(
+            model, tokenizer, record, dest, force=force, started=started, seconds_key="conversion_seconds"
+        )
     return read_manifest(dest) or record
 
 
@@ -267,38 +265,6 @@ def _version(module_name: str, module=None) -> str | None:
         return version(module_name)
     except PackageNotFoundError:
         return getattr(module, "__version__", None)
-
-
-def _save_directory(
-    model, tokenizer, record: dict[str, Any], dest: Path, *, force: bool, started: float
-) -> None:
-    """Write everything under a temporary name next to `dest`, the manifest last, then rename."""
-    parent = dest.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_builds(parent, dest.name)
-    tmp = parent / f".tmp-{dest.name}-{os.getpid()}-{time.time_ns() % 10**9}"
-    old = None
-    try:
-        tmp.mkdir()
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        record["complete"] = True
-        record["conversion_seconds"] = round(time.perf_counter() - started, 1)
-        write_json(tmp / MANIFEST, record)
-        if dest.exists():
-            if not force:
-                return  # another process finished first: keep its copy
-            old = parent / f".old-{dest.name}-{os.getpid()}-{time.time_ns() % 10**9}"
-            os.rename(dest, old)
-        os.rename(tmp, dest)
-    finally:
-        if old is not None:
-            if dest.exists():
-                shutil.rmtree(old, ignore_errors=True)
-            else:  # interrupted between the two renames: put the previous copy back
-                os.rename(old, dest)
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def build_converted(

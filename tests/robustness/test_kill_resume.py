@@ -342,7 +342,7 @@ def test_ctrl_c_says_what_is_kept_and_the_run_resumes(files, tmp_path, run_cli):
 
 def _replace_and_die(home: str) -> None:
     """A `train --force` replacing a built model, killed by SIGKILL between its two renames."""
-    from attattr import training
+    from attattr import models
     from tests.conftest import build_tiny_model, build_tiny_tokenizer
 
     final = Path(home) / "models" / "minilm-rt"
@@ -354,9 +354,15 @@ def _replace_and_die(home: str) -> None:
         if Path(dst).name.startswith(".old-"):  # the old model is aside, the new one not yet in
             os.kill(os.getpid(), signal.SIGKILL)
 
-    training.os.rename = rename_then_die
-    training._save_atomically(
-        model, tok, {"recipe": "minilm-rt", "dev_accuracy": 0.9}, final, force=True, started=0
+    models.os.rename = rename_then_die
+    models.save_built(
+        model,
+        tok,
+        {"recipe": "minilm-rt", "dev_accuracy": 0.9},
+        final,
+        force=True,
+        started=0,
+        seconds_key="total_seconds",
     )
 
 
@@ -366,8 +372,14 @@ def test_training_replacement_killed_between_renames_is_restored(attattr_home):
 
     final = attattr_home / "models" / "minilm-rt"
     model, tok = build_tiny_model("bert", layers=1, heads=2), build_tiny_tokenizer()
-    training._save_atomically(
-        model, tok, {"recipe": "minilm-rt", "dev_accuracy": 0.7}, final, force=True, started=0
+    models.save_built(
+        model,
+        tok,
+        {"recipe": "minilm-rt", "dev_accuracy": 0.7},
+        final,
+        force=True,
+        started=0,
+        seconds_key="total_seconds",
     )
     proc = _context().Process(target=_replace_and_die, args=(str(attattr_home),))
     proc.start()

@@ -254,7 +254,7 @@ def test_interrupted_conversion_leaves_no_directory(tiny_gguf, tmp_path, monkeyp
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(convert, "write_json", killed)  # the manifest is the last file written
+    monkeypatch.setattr(models, "write_json", killed)  # the manifest is the last file written
     with pytest.raises(KeyboardInterrupt):
         convert.convert_gguf(source, tmp_path / "out")
     assert _listing(tmp_path) == []

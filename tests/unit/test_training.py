@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from attattr import training
+from attattr import models, training
 from attattr.core.errors import InputError
 from attattr.data import Dataset, Example
 from attattr.models import is_built, read_manifest
@@ -117,7 +117,9 @@ def test_train_recipe_rejects_bad_step_counts():
 def save(tiny_bert, tiny_tok):
     def run(final, accuracy=0.5, force=True):
         manifest = {"recipe": final.name, "dev_accuracy": accuracy}
-        training._save_atomically(tiny_bert, tiny_tok, manifest, final, force=force, started=0.0)
+        models.save_built(
+            tiny_bert, tiny_tok, manifest, final, force=force, started=0.0, seconds_key="total_seconds"
+        )
 
     return run
 
@@ -141,7 +143,15 @@ def test_interrupted_save_leaves_nothing_built(attattr_home, monkeypatch, tiny_b
 
     monkeypatch.setattr(type(tok), "save_pretrained", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        training._save_atomically(tiny_bert, tok, {"recipe": "minilm-rt"}, final, force=True, started=0.0)
+        models.save_built(
+            tiny_bert,
+            tok,
+            {"recipe": "minilm-rt"},
+            final,
+            force=True,
+            started=0.0,
+            seconds_key="total_seconds",
+        )
     assert not final.exists() and not is_built("minilm-rt")
     assert list(final.parent.iterdir()) == []
 
@@ -195,8 +205,6 @@ def _killed_between_renames(final):
 
 
 def test_model_moved_aside_by_a_killed_replacement_is_restored_by_load(attattr_home, save):
-    from attattr import models
-
     final = attattr_home / "models" / "minilm-rt"
     save(final, accuracy=0.7)
     aside = _killed_between_renames(final)
