@@ -31,6 +31,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Generic, Self, TypeVar, overload
 
 from .core.errors import DataError
 from .core.files import write_json, write_text
@@ -44,6 +45,7 @@ TEXT_FALLBACKS = ("text", "sentence", "sentence1", "premise", "question")
 # A second text column taken automatically when the first text column is the key.
 PAIR_FALLBACKS = {"sentence1": "sentence2", "premise": "hypothesis"}
 ID_COLUMNS = ("id", "idx", "index")
+ExampleT = TypeVar("ExampleT")
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,33 @@ class Example:
     label: int | None = None
 
 
+class ExampleList(Generic[ExampleT]):
+    """The sequence protocol of a dataclass that holds its items in `examples` (a dataset of
+    labelled examples here, a prompt set in prompts.py): length, iteration and indexing, where a
+    slice is a copy of the whole with those examples."""
+
+    examples: list[ExampleT]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __iter__(self) -> Iterator[ExampleT]:
+        return iter(self.examples)
+
+    @overload
+    def __getitem__(self, index: int) -> ExampleT: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Self: ...
+
+    def __getitem__(self, index: int | slice) -> ExampleT | Self:
+        if isinstance(index, slice):
+            return replace(self, examples=self.examples[index])
+        return self.examples[index]
+
+
 @dataclass
-class Dataset:
+class Dataset(ExampleList[Example]):
     """A list of examples of one split; `label_names[i]` names label index i (None: integer labels)."""
 
     name: str
@@ -65,17 +92,6 @@ class Dataset:
     examples: list[Example]
     label_names: list[str] | None = None
     source: str = ""  # where it was read from (package path or file)
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __iter__(self) -> Iterator[Example]:
-        return iter(self.examples)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return replace(self, examples=self.examples[index])
-        return self.examples[index]
 
     @property
     def texts(self) -> list[str]:

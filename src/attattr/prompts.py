@@ -28,14 +28,14 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .core.encoding import continuation_ids as _continuation_ids
 from .core.errors import DataError
-from .data import FILE_EXTENSIONS, ID_COLUMNS, SPLITS
+from .data import FILE_EXTENSIONS, ID_COLUMNS, SPLITS, ExampleList
 from .data import _read_rows as read_rows
 
 PROMPT_SEED = 20221101  # the default seed of the generated sets
@@ -70,7 +70,7 @@ class PromptExample:
 
 
 @dataclass
-class PromptSet:
+class PromptSet(ExampleList[PromptExample]):
     """Prompts of one split and the metric that scores a model's prediction on them."""
 
     name: str
@@ -79,17 +79,6 @@ class PromptSet:
     metric: str
     source: str = ""  # "generated" or the file read
     seed: int | None = None  # generated sets: the seed they were drawn with
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __iter__(self) -> Iterator[PromptExample]:
-        return iter(self.examples)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return replace(self, examples=self.examples[index])
-        return self.examples[index]
 
     @property
     def prompts(self) -> list[str]:
