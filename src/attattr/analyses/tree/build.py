@@ -42,6 +42,37 @@ SKIP_WEAKER = "weaker-than-chosen-parent"  # "strongest" only: another parent wo
 
 ABSENT, APPEARED, FIXED = -1, 0, 1
 
+# Kinds of tree edge (`edge_kind`): the root's link to the top node; an edge touching a special
+# token ([CLS], [SEP], <s>, ...); an edge between two ordinary tokens of one segment; an edge between
+# two ordinary tokens of different segments (the first text and the pair text of a sentence pair).
+ROOT_EDGE, SPECIAL_EDGE, WITHIN_EDGE, CROSS_EDGE = "root", "special", "within", "cross"
+EDGE_KINDS = (WITHIN_EDGE, CROSS_EDGE, SPECIAL_EDGE, ROOT_EDGE)
+# what segments 0 and 1 are called when the caller does not name them (a pair's two texts)
+DEFAULT_SEGMENT_NAMES = ("text", "pair text")
+DECODER_SEGMENT_NAMES = ("prompt", "continuation")  # a causal LM's forced continuation is segment 1
+
+
+def classify_edge(
+    parent: int, child: int, *, root: int, special_mask: Sequence[bool], segment_ids: Sequence[int]
+) -> str:
+    """The kind of the tree edge parent -> child (the parent is the query token, reading the child).
+
+    "root": the root's link to the top node (not an attention connection); "special": either end is
+    a special token, whatever its segment (the separators sit at the segment boundary and [CLS]
+    belongs to no text); "cross": two ordinary tokens of different segments; "within": two ordinary
+    tokens of one segment. A single-segment input has no "cross" edge."""
+    if parent == root:
+        return ROOT_EDGE
+    if special_mask[parent] or special_mask[child]:
+        return SPECIAL_EDGE
+    return CROSS_EDGE if segment_ids[parent] != segment_ids[child] else WITHIN_EDGE
+
+
+def segment_name(index: int, names: Sequence[str] | None = None) -> str:
+    """The display name of segment `index`: the caller's name, else "text" / "pair text"."""
+    names = list(names) if names else list(DEFAULT_SEGMENT_NAMES)
+    return names[index] if 0 <= index < len(names) else f"segment {index}"
+
 
 @dataclass
 class TreeNode:
@@ -93,6 +124,7 @@ class AttributionTree:
     text: str | None = None
     text_pair: str | None = None
     example_id: str | None = None
+    segment_names: list[str] | None = None  # display names of segments 0, 1 (None: "text", "pair text")
 
     # ---- structure -----------------------------------------------------------------------------
     @property
@@ -128,6 +160,32 @@ class AttributionTree:
         """The tree's edges that are attention connections (all but root -> top node)."""
         return [e for e in self.edges if e.parent != self.root]
 
+    # ---- segments (sentence pairs) -----------------------------------------------------------
+    @property
+    def is_pair(self) -> bool:
+        """True when the input has two segments (a sentence pair, or a prompt and its continuation)."""
+        return len(set(self.segment_ids)) > 1
+
+    def edge_kind(self, edge: TreeEdge) -> str:
+        """ "within", "cross", "special" or "root" (see `classify_edge`)."""
+        return classify_edge(
+            edge.parent,
+            edge.child,
+            root=self.root,
+            special_mask=self.special_mask,
+            segment_ids=self.segment_ids,
+        )
+
+    def segment_name(self, index: int) -> str:
+        return segment_name(index, self.segment_names)
+
+    def direction(self, edge: TreeEdge) -> str:
+        """'<parent's segment> → <child's segment>', e.g. 'hypothesis → premise': the parent reads the child."""
+        return f"{self.segment_name(self.segment_ids[edge.parent])} → {self.segment_name(self.segment_ids[edge.child])}"
+
+    def cross_edges(self) -> list[TreeEdge]:
+        return [e for e in self.edges if self.edge_kind(e) == CROSS_EDGE]
+
     # ---- export ------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -136,6 +194,7 @@ class AttributionTree:
         out["skipped"] = [asdict(s) for s in self.skipped]
         out["size"] = self.size
         out["depth"] = self.depth
+        out["edge_kinds"] = [self.edge_kind(e) for e in self.edges]  # derived: not read back
         return json.loads(json.dumps(out))  # plain values only
 
     @classmethod
@@ -159,6 +218,10 @@ class AttributionTree:
                 lines.append(f"{label}  (root)")
             elif edge.parent == self.root:
                 lines.append(f"{prefix}← {label}  (top node, row sum {edge.score:.3g})")
+            elif self.edge_kind(edge) == CROSS_EDGE:
+                lines.append(
+                    f"{prefix}← {label}  (layer {edge.layer}, {edge.score:.2f}; crosses {self.direction(edge)})"
+                )
             else:
                 lines.append(f"{prefix}← {label}  (layer {edge.layer}, {edge.score:.2f})")
             for child in self.children(index):
@@ -189,8 +252,9 @@ class AttributionTree:
                 width = 1.0 + 3.0 * max(
                     0.0, min(1.0, (e.score - self.threshold) / max(1e-9, 1 - self.threshold))
                 )
+                cross = ', color="#e67e22"' if self.edge_kind(e) == CROSS_EDGE else ""
                 lines.append(
-                    f'  t{e.parent} -> t{e.child} [label="L{e.layer} {e.score:.2f}", penwidth={width:.2f}];'
+                    f'  t{e.parent} -> t{e.child} [label="L{e.layer} {e.score:.2f}", penwidth={width:.2f}{cross}];'
                 )
         by_layer: dict[int, list[int]] = {}
         for n in self.nodes:
@@ -313,6 +377,7 @@ def build_tree_from_scores(
     segment_ids: Sequence[int] | None = None,
     root: int | None = None,
     parent_choice: ParentChoice = "strongest",
+    segment_names: Sequence[str] | None = None,
 ) -> AttributionTree:
     """Attribution tree from raw scores.
 
@@ -325,6 +390,7 @@ def build_tree_from_scores(
       (as of the start of that layer) with the strongest kept edge to it; "authors": the authors'
       code — tokens in index order, a token that joined earlier in the same layer may already
       adopt children at that layer.
+    segment_names: what to call segments 0 and 1 in drawings and text (default "text", "pair text").
     """
     tau = check_threshold(threshold)
     if parent_choice not in PARENT_CHOICES:
@@ -366,6 +432,7 @@ def build_tree_from_scores(
         segment_ids=segments,
         parent_choice=parent_choice,
         normalisers=normalisers,
+        segment_names=[str(x) for x in segment_names] if segment_names else None,
     )
     if top is None:
         tree.message = "the input has a single token: the tree is only the root"
@@ -462,14 +529,20 @@ def _no_edge_message(tree: AttributionTree, norm: np.ndarray, root: int, top: in
 
 
 def build_tree(
-    attribution, threshold: float = 0.4, *, parent_choice: ParentChoice = "strongest"
+    attribution,
+    threshold: float = 0.4,
+    *,
+    parent_choice: ParentChoice = "strongest",
+    segment_names: Sequence[str] | None = None,
 ) -> AttributionTree:
     """The attribution tree of an `Attribution` (called by `Attribution.tree()`).
 
     The root is the input's first token for classifiers ([CLS], <s>); for a causal LM it is the
     predicting position, the last input token: the last prompt token for next-token and contrastive
     objectives, the position that predicts the last target token for a forced continuation
-    (docs/decoders.md). Information flows only from earlier to later tokens there."""
+    (docs/decoders.md). Information flows only from earlier to later tokens there.
+    segment_names: names of a pair's two texts (e.g. premise, hypothesis); a causal LM's segments
+    are the prompt and the forced continuation."""
     a = attribution
     decoder = getattr(a, "decoder", None)
     tree = build_tree_from_scores(
@@ -481,8 +554,10 @@ def build_tree(
         segment_ids=a.segment_ids,
         root=decoder_root(a) if decoder is not None else None,
         parent_choice=parent_choice,
+        segment_names=segment_names,
     )
-    if decoder is not None:
+    if decoder is not None and not segment_names:
+        tree.segment_names = list(DECODER_SEGMENT_NAMES)
         tree.label = (decoder.get("target") or {}).get("text")
         tree.probability = decoder.get("target_probability")
         top = decoder.get("top") or []

@@ -2,7 +2,10 @@
 
 Tree drawing: tokens along the bottom in input order; each tree node sits above its token at the
 height of the layer where it joined (the root on top); edges go from parent down to child, their
-width and colour by the normalised score; tokens left out of the tree are faded.
+width and colour by the normalised score; tokens left out of the tree are faded. A sentence pair's
+two segments sit apart, each on a light band named after it, and edges between ordinary tokens of
+different segments (`AttributionTree.edge_kind` == "cross") are drawn in their own colour, one per
+direction (parent segment → child segment: the parent reads the child).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from matplotlib import colors as mcolors
 from matplotlib.patches import FancyArrowPatch
 from matplotlib.ticker import MaxNLocator
 
-from ...analyses.tree.build import AttributionTree, tree_title
+from ...analyses.tree.build import CROSS_EDGE, AttributionTree, segment_name, tree_title
 from .style import SEQUENTIAL, save_figure
 
 FADED = "#b0b0b0"
@@ -30,26 +33,77 @@ METHOD_COLOURS = {
     "attribution-nonroot": "#e67e22",
     "attention-nonroot": "#5dade2",
 }
+# sentence pairs: a light band behind each segment, the space between two segments (in token widths)
+# and the colours of cross-segment edges by direction (segment 1 reads 0, segment 0 reads 1)
+SEGMENT_BANDS = ("#eef3f9", "#fbf1e4")
+SEGMENT_LABEL_COLOURS = ("#2e5d8a", "#9a5b13")
+SEGMENT_GAP = 0.8
+CROSS_COLOURS = {(1, 0): "#e67e22", (0, 1): "#8e44ad"}
+CROSS_OTHER = "#16a085"  # any other pair of segments
+# edge kinds of the within/cross split (bars of `plot_segment_split`)
+KIND_COLOURS = {"within": "#2471a3", "cross": "#e67e22", "special": "#b0b0b0"}
 
 
 def _short(token: str, limit: int = 14) -> str:
     return token if len(token) <= limit else token[: limit - 1] + "…"
 
 
-def draw_tree(tree: AttributionTree, path: str | Path | None = None, *, title: str | None = None):
+def _x_positions(tree: AttributionTree) -> list[float]:
+    """Each token's x: its index, plus a gap after every segment change (a single segment: the index)."""
+    xs, shift = [], 0.0
+    for i in range(len(tree.tokens)):
+        if i and tree.segment_ids[i] != tree.segment_ids[i - 1]:
+            shift += SEGMENT_GAP
+        xs.append(i + shift if shift else i)
+    return xs
+
+
+def _segment_runs(tree: AttributionTree) -> list[tuple[int, int, int]]:
+    """(segment id, first token, last token) of each run of equal segment ids, in input order."""
+    runs: list[tuple[int, int, int]] = []
+    for i, seg in enumerate(tree.segment_ids):
+        if runs and runs[-1][0] == seg:
+            runs[-1] = (seg, runs[-1][1], i)
+        else:
+            runs.append((seg, i, i))
+    return runs
+
+
+def cross_colour(tree: AttributionTree, parent: int, child: int) -> str:
+    key = (tree.segment_ids[parent], tree.segment_ids[child])
+    return CROSS_COLOURS.get(key, CROSS_OTHER)
+
+
+def draw_tree(
+    tree: AttributionTree,
+    path: str | Path | None = None,
+    *,
+    title: str | None = None,
+    segment_names: Sequence[str] | None = None,
+):
     """Draw `tree`; with `path` (no extension) write path.png and path.svg. Returns the figure
-    (closed after saving when `path` is given)."""
+    (closed after saving when `path` is given).
+
+    segment_names: what to call a pair's two segments on their bands and in the legend (default:
+    the tree's own `segment_names`, else "text" and "pair text")."""
     n = len(tree.tokens)
     num_layers = len(tree.layers)
+    pair = tree.is_pair
+    names = list(segment_names) if segment_names else tree.segment_names
+    xs = _x_positions(tree)
+    span = xs[-1] + 1 if n else 0  # the width of the token row, in token widths
     longest = max((len(_short(t)) for t in tree.tokens), default=1)
-    width = min(40.0, max(6.0, 0.36 * n + 2.0))
+    width = min(40.0, max(6.0, 0.36 * span + 2.0))
     # rotate the token labels when the longest would not fit the space of one token (8 pt ≈ 0.075 in/char)
     rotate = longest * 0.075 > 0.9 * (width - 2.0) / max(n, 1)
     label_height = 0.075 * longest if rotate else 0.3
     height = max(3.2, 0.42 * (num_layers + 1) + 1.2) + label_height
+    if pair:
+        height += 0.3  # the segment names above the bands
     fig, ax = plt.subplots(figsize=(width, height))
 
     root_y = num_layers  # the root above the last layer
+    top_y = root_y + (1.0 if pair else 0.6)
     y_of_layer = {layer: pos for pos, layer in enumerate(tree.layers)}
     ypos: dict[int, float] = {}
     for node in tree.nodes:
@@ -58,25 +112,42 @@ def draw_tree(tree: AttributionTree, path: str | Path | None = None, *, title: s
     # layer guide lines
     for pos in range(num_layers + 1):
         ax.axhline(pos, color="#eeeeee", lw=0.8, zorder=0)
-    # segment boundary for sentence pairs
-    for i in range(1, n):
-        if tree.segment_ids[i] != tree.segment_ids[i - 1]:
-            ax.axvline(i - 0.5, color="#999999", lw=0.8, ls="--", zorder=0)
+    if pair:
+        # sentence pairs: a named band behind each segment, the two apart
+        for seg, first, last in _segment_runs(tree):
+            band = SEGMENT_BANDS[seg % len(SEGMENT_BANDS)]
+            left, right = xs[first] - 0.45, xs[last] + 0.45
+            ax.axvspan(left, right, color=band, lw=0, zorder=-1)
+            ax.text(
+                (left + right) / 2,
+                top_y - 0.05,
+                segment_name(seg, names),
+                ha="center",
+                va="top",
+                fontsize=8,
+                fontstyle="italic",
+                color=SEGMENT_LABEL_COLOURS[seg % len(SEGMENT_LABEL_COLOURS)],
+                zorder=1,
+            )
 
     # thin guides from each node down to its token, so a reader can follow a node to its word
     for idx, y in ypos.items():
-        ax.plot([idx, idx], [-0.6, y], color="#d6d6d6", lw=0.6, zorder=1)
+        ax.plot([xs[idx], xs[idx]], [-0.6, y], color="#d6d6d6", lw=0.6, zorder=1)
 
-    # edges: colour and width by score (threshold .. 1)
+    # edges: colour and width by score (threshold .. 1); cross-segment edges in their own colour
     cmap = plt.get_cmap(SEQUENTIAL)
     norm = mcolors.Normalize(vmin=tree.threshold, vmax=1.0)
+    directions: dict[tuple[int, int], str] = {}  # the cross-edge directions drawn, for the legend
     for e in tree.edges:
-        x0, y0, x1, y1 = e.parent, ypos[e.parent], e.child, ypos[e.child]
+        x0, y0, x1, y1 = xs[e.parent], ypos[e.parent], xs[e.child], ypos[e.child]
         if e.parent == tree.root:
             colour, lw, style = ROOT_COLOUR, 1.4, (0, (4, 2))
         else:
             strength = min(1.0, max(0.0, norm(e.score)))
             colour, lw, style = cmap(0.35 + 0.65 * strength), 1.0 + 2.6 * strength, "solid"
+            if pair and tree.edge_kind(e) == CROSS_EDGE:
+                colour = cross_colour(tree, e.parent, e.child)
+                directions[(tree.segment_ids[e.parent], tree.segment_ids[e.child])] = colour
         rad = 0.35 if y0 == y1 else 0.0  # same-layer edges (parent_choice="authors") as arcs
         arrow = FancyArrowPatch(
             (x0, y0),
@@ -102,10 +173,10 @@ def draw_tree(tree: AttributionTree, path: str | Path | None = None, *, title: s
             face, edge = TOP_COLOUR, TOP_COLOUR
         else:
             face, edge = "white", "#1f4e79"
-        ax.scatter([idx], [y], s=70, c=[face], edgecolors=[edge], linewidths=1.4, zorder=4)
+        ax.scatter([xs[idx]], [y], s=70, c=[face], edgecolors=[edge], linewidths=1.4, zorder=4)
         ax.annotate(
             _short(node.token, 12),
-            (idx, y),
+            (xs[idx], y),
             xytext=(4, 5),
             textcoords="offset points",
             fontsize=7,
@@ -119,7 +190,7 @@ def draw_tree(tree: AttributionTree, path: str | Path | None = None, *, title: s
         if e.parent != tree.root:
             ax.annotate(
                 f"{e.score:.2f}",
-                (e.child, ypos[e.child]),
+                (xs[e.child], ypos[e.child]),
                 xytext=(5, -9),
                 textcoords="offset points",
                 fontsize=6,
@@ -131,19 +202,27 @@ def draw_tree(tree: AttributionTree, path: str | Path | None = None, *, title: s
         plt.Line2D([], [], marker="o", ls="", ms=7, mfc=TOP_COLOUR, mec=TOP_COLOUR, label="top node"),
         plt.Line2D([], [], marker="o", ls="", ms=7, mfc="white", mec="#1f4e79", label="joined at this layer"),
     ]
+    for (parent_seg, child_seg), colour in sorted(directions.items()):
+        direction = f"{segment_name(parent_seg, names)} → {segment_name(child_seg, names)}"
+        handles.append(plt.Line2D([], [], color=colour, lw=2.2, label=f"crosses segments: {direction}"))
+    ncol = 3
+    if directions:  # one row when it fits (7.5 pt text ≈ 0.06 in/char, plus the marker and spacing)
+        needed = sum(0.06 * len(h.get_label()) + 0.55 for h in handles)
+        ncol = len(handles) if needed < 0.85 * width else 3
     ax.legend(
         handles=handles,
         loc="lower left",
         bbox_to_anchor=(0.0, 1.0),
-        ncol=3,
+        ncol=ncol,
         frameon=False,
         fontsize=7.5,
         borderaxespad=0.2,
     )
+    legend_rows = -(-len(handles) // ncol)
 
     # token labels along the bottom: tree members dark, the others faded
     members = {node.index for node in tree.nodes}
-    ax.set_xticks(range(n))
+    ax.set_xticks(xs)
     labels = ax.set_xticklabels(
         [_short(t) for t in tree.tokens],
         rotation=60 if rotate else 0,
@@ -164,8 +243,8 @@ def draw_tree(tree: AttributionTree, path: str | Path | None = None, *, title: s
     ax.set_yticks(list(range(num_layers)) + [root_y])
     ax.set_yticklabels([f"layer {layer}" for layer in tree.layers] + ["root"], fontsize=7.5)
     ax.tick_params(axis="y", length=0)
-    ax.set_xlim(-0.7, n - 0.3)
-    ax.set_ylim(-0.6, root_y + 0.6)
+    ax.set_xlim(-0.7, span - 0.3)
+    ax.set_ylim(-0.6, top_y)
     for side in ("top", "right", "left", "bottom"):
         ax.spines[side].set_visible(False)
 
@@ -173,7 +252,10 @@ def draw_tree(tree: AttributionTree, path: str | Path | None = None, *, title: s
     sub = f"attribution tree, threshold {tree.threshold:g}: {tree.size} of {n} tokens, depth {tree.depth}"
     if tree.model_id:
         sub += f" · {_short_model(tree.model_id)}"
-    ax.set_title(f"{heading}\n{sub}" if heading else sub, loc="left", fontsize=9.5, pad=22)
+    if directions:
+        sub += "\nan edge parent → child: the parent (query) reads the child (key)"
+    pad = 22 + 11 * (legend_rows - 1)
+    ax.set_title(f"{heading}\n{sub}" if heading else sub, loc="left", fontsize=9.5, pad=pad)
     if tree.message:
         ax.text(
             0.99,
