@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..core.errors import InputError
-from ..core.quadrature import DEFAULT_MAX_SUBINTERVALS, DEFAULT_STEPS, DEFAULT_TOL, PRESETS, RULES
+from ..core.quadrature import DEFAULT_MAX_SUBINTERVALS, DEFAULT_STEPS, DEFAULT_TOL, PRESETS
 from .app import app
 from .common import check_out_dir, check_text, console, err_console, print_json, warn
 
@@ -137,23 +137,19 @@ def explain(
     out = check_out_dir(out)
     text = check_text(text, "text")
     pair = check_text(pair, "--pair")
-    steps_arg = parse_steps(steps)
-    if rule is not None and rule not in RULES:
-        raise InputError(f"unknown integration rule {rule!r}; choose one of: {', '.join(RULES)}")
-    preset = _preset(paper, preset)
-    device_arg = resolve_device(device)
-    # every integration setting and preset conflict, refused before the model loads
-    resolve_integration(
-        steps=steps_arg,
+    integration = dict(
+        steps=parse_steps(steps),
         rule=rule,
         tol=tol,
         max_subintervals=max_subintervals,
-        preset=preset,
+        preset=_preset(paper, preset),
         fast=fast,
         dtype=dtype,
         output=output,
-        target=None if target == "predicted" else target,
     )
+    device_arg = resolve_device(device)
+    # every integration setting and preset conflict (the engine's own check), before the model loads
+    resolve_integration(**integration, target=None if target == "predicted" else target)
     loaded = load(model, quiet=json_out, tokenizer=tokenizer)
     if getattr(loaded, "is_causal_lm", False):
         if label is not None:
@@ -174,15 +170,8 @@ def explain(
                 raise InputError(f"--label must be a class index or label name, got {label!r}")
     started = time.perf_counter()
     options = dict(
+        **integration,
         target=target_arg,
-        output=output,
-        steps=steps_arg,
-        rule=rule,
-        tol=tol,
-        max_subintervals=max_subintervals,
-        preset=preset,
-        fast=fast,
-        dtype=dtype,
         device=device_arg,
         truncate=truncate,
         model_id=loaded.model_id,
