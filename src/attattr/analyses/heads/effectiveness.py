@@ -15,11 +15,11 @@ import torch
 
 from ...core.encoding import predict, predict_prompts
 from ...core.hooks import model_num_heads, model_num_layers
-from ...methods.attribution import attribution_records, check_integration
+from ...methods.attribution import attribution_records
 from ...methods.base import pairs_or_none
 from ...methods.gates import mask_key, per_example_gates
 from ..runs import Executor, Job, RunExample, check_count, register_shard_function, run
-from .importance import ProgressFn, StoreArg, run_examples, store_for
+from .importance import ProgressFn, StoreArg, check_importance_options, run_examples, store_for
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -151,9 +151,9 @@ def effectiveness(
     store / runs_dir / fresh: as for `head_importance` (file `effectiveness-<hash>.jsonl`).
     A causal LM: prompts with targets, scored by `metric` (default by their targets); the curves
     hold "metric" (its mean) instead of "probability", and the result names it ("metric")."""
-    check_integration(steps, rule, dtype)
-    check_count(batch_size, "batch size")
-    check_count(eval_batch_size, "evaluation batch size")
+    check_importance_options(
+        "attattr", steps=steps, rule=rule, dtype=dtype, batch_size=batch_size, eval_batch_size=eval_batch_size
+    )
     num_layers, num_heads = model_num_layers(model), model_num_heads(model)
     counts = prune_counts(num_layers * num_heads, step)
     items, metric = run_examples(model, examples, metric)
