@@ -101,6 +101,16 @@ TargetOpt = Annotated[
         "top next token) or a continuation text such as ' Mary'.",
     ),
 ]
+SegmentNamesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--segment-names",
+        help="Names of a pair's two texts, comma-separated, e.g. 'premise,hypothesis' (default: the "
+        "dataset's own names where known, as for SNLI, else 'text,pair text').",
+    ),
+]
+# the names of a built-in pair dataset's two texts (used in drawings and printed tables)
+DATASET_SEGMENT_NAMES = {"snli": ("premise", "hypothesis")}
 FoilOpt = Annotated[
     str | None,
     typer.Option("--foil", help="Causal LMs: contrast the target with this continuation (logit difference)."),
@@ -114,6 +124,25 @@ def _target(value: str) -> str | int:
         return int(value)
     except ValueError:
         raise InputError(f"--target must be 'predicted' or a class index, got {value!r}") from None
+
+
+def _segment_names(option: str | None, dataset: str | None = None) -> list[str] | None:
+    """--segment-names as two names, or the names of `dataset`'s two texts, or None (the defaults)."""
+    if option is not None:
+        names = [x.strip() for x in option.split(",")]
+        if len(names) != 2 or not all(names):
+            raise InputError(f"--segment-names must be two names separated by a comma, got {option!r}")
+        return names
+    known = DATASET_SEGMENT_NAMES.get(dataset or "")
+    return list(known) if known else None
+
+
+def _recipe_dataset(model_id: str | None) -> str | None:
+    """The dataset of a recipe model (None for model directories)."""
+    from ..models import RECIPES
+
+    recipe = RECIPES.get(model_id or "")
+    return recipe.dataset if recipe is not None else None
 
 
 def _load_model(name: str, tokenizer: str | None = None):
@@ -172,11 +201,13 @@ def tree_show(
             "--tokenizer", help="The model's tokenizer, where its directory has none (directory or recipe)."
         ),
     ] = None,
+    segment_names: SegmentNamesOpt = None,
 ) -> None:
     """Attribution tree of one text: how information flows between tokens, layer by layer.
 
     Prints the tree as indented text (each token with its children, the layer and normalised score
-    of each edge); --out also writes the drawing, JSON and DOT.
+    of each edge); --out also writes the drawing, JSON and DOT. With --pair, edges between the two
+    texts are marked with their direction (the parent reads the child).
 
     Example:  attattr tree "a gorgeous, witty and deeply moving film" --out tree/
 
@@ -192,6 +223,7 @@ def tree_show(
     threshold = check_threshold(threshold)
     if parent_choice not in PARENT_CHOICES:
         raise InputError(f"--parent-choice must be one of {', '.join(PARENT_CHOICES)}, got {parent_choice!r}")
+    names = _segment_names(segment_names)
     if attributions is not None:
         attr = Attribution.load(attributions)
         if text is not None and text != attr.text:
@@ -227,7 +259,8 @@ def tree_show(
             model_id=loaded.model_id,
             label_names=loaded.label_names,
         )
-    tree = build_tree(attr, threshold, parent_choice=parent_choice)
+    names = names or _segment_names(None, _recipe_dataset(attr.model_id))
+    tree = build_tree(attr, threshold, parent_choice=parent_choice, segment_names=names)
 
     written: list[Path] = []
     if out is not None:
@@ -250,8 +283,29 @@ def tree_show(
     left_out = [f"{t}" for i, t in enumerate(tree.tokens) if not tree.in_tree(i)]
     if left_out:
         console.print(f"not in the tree: {' '.join(left_out)}", style="dim", markup=False)
+    if tree.is_pair:
+        console.print(_cross_edges_line(tree), markup=False)
     if written:
         console.print(f"wrote {', '.join(str(p) for p in written)}", markup=False)
+
+
+def _cross_edges_line(tree) -> str:
+    """How many of a pair tree's attention edges cross segments, by direction, and which."""
+    from ..analyses.tree.build import CROSS_EDGE, SPECIAL_EDGE
+
+    edges = tree.attention_edges()
+    kinds = [tree.edge_kind(e) for e in edges]
+    cross = [e for e, kind in zip(edges, kinds, strict=True) if kind == CROSS_EDGE]
+    special = kinds.count(SPECIAL_EDGE)
+    head = f"edges crossing segments: {len(cross)} of {len(edges)}"
+    if cross:
+        ways: dict[str, list[str]] = {}
+        for e in cross:
+            ways.setdefault(tree.direction(e), []).append(
+                f"{tree.tokens[e.parent]} #{e.parent} ← {tree.tokens[e.child]} #{e.child} (layer {e.layer})"
+            )
+        head += " — " + "; ".join(f"{way} ({len(v)}): {', '.join(v)}" for way, v in ways.items())
+    return f"{head}; {special} touch a special token (not counted as crossing)"
 
 
 def _ks(value: str) -> list[int]:
@@ -319,9 +373,11 @@ def tree_stats_cmd(
     cpus_per_worker: CpusPerWorkerOpt = 1,
     gpus_per_worker: GpusPerWorkerOpt = 0.0,
     ship_model: ShipModelOpt = False,
+    segment_names: SegmentNamesOpt = None,
 ) -> None:
     """Tree analyses over a dataset split: size and depth distributions, receptive field per layer,
     and edge faithfulness (zeroing the top-k connections by attribution, by attention, at random).
+    Sentence pairs: tree edges split into within-segment, cross-segment and special-token edges.
 
     Resumable: the per-example results go to OUT/runs/tree-stats-<settings hash>.jsonl as they
     finish (--fresh: start over).
@@ -330,6 +386,7 @@ def tree_stats_cmd(
     """
     from .. import data as data_module
     from ..analyses.runs import check_output_folder
+    from ..analyses.tree.build import segment_name
     from ..analyses.tree.stats import check_tree_stats_options, run_tree_stats
     from ..methods.attribution import check_integration
 
@@ -350,8 +407,10 @@ def tree_stats_cmd(
     check_integration(steps, rule, None)
     check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
     check_output_folder(out)
+    names = _segment_names(segment_names)
     loaded = _load_model(model)
     data_name = dataset_or_recipe_data(loaded, data)
+    names = names or _segment_names(None, data_name)
     dataset = data_module.load_dataset(
         data_name,
         split,
@@ -389,6 +448,8 @@ def tree_stats_cmd(
             model_source=model,
         )
     title = f"{loaded.model_id} · {data_name} {split} · {summary['examples']} examples"
+    if "segments" in summary:
+        summary["segments"]["names"] = [segment_name(k, names) for k in (0, 1)]
     written = _write_stats_outputs(summary, out, title=title)
     written.append(write_dataset_report(out, f"attribution trees: {title}", written))
     if json_out:
@@ -402,7 +463,12 @@ def _write_stats_outputs(summary: dict[str, Any], out: Path, *, title: str = "")
     """tree_stats.json and the figures (size/depth histograms, receptive field, faithfulness)."""
     from ..core.files import write_json
     from ..render.plots.style import save_figure
-    from ..render.plots.tree import plot_faithfulness, plot_receptive_field, plot_size_depth
+    from ..render.plots.tree import (
+        plot_faithfulness,
+        plot_receptive_field,
+        plot_segment_split,
+        plot_size_depth,
+    )
 
     written = [write_json(out / "tree_stats.json", summary)]
     suffix = f" — {title}" if title else ""
@@ -417,6 +483,12 @@ def _write_stats_outputs(summary: dict[str, Any], out: Path, *, title: str = "")
     if "faithfulness" in summary:
         fig = plot_faithfulness(summary["faithfulness"], title=f"edge faithfulness{suffix}")
         written += save_figure(fig, out / "faithfulness")
+    if "segments" in summary:
+        split = summary["segments"]
+        fig = plot_segment_split(
+            split, title=f"tree edges of sentence pairs{suffix}", segment_names=split.get("names")
+        )
+        written += save_figure(fig, out / "segment_split")
     return written
 
 
@@ -441,6 +513,8 @@ def _print_summary(summary: dict[str, Any], title: str) -> None:
     for row in summary["receptive_field"]:
         table.add_row(str(row["layer"]), str(row["edges"]), fmt(row["mean_distance"]))
     console.print(table)
+    if "segments" in summary:
+        _print_segment_split(summary["segments"])
     faith = summary.get("faithfulness")
     if faith:
         table = Table(
@@ -452,3 +526,73 @@ def _print_summary(summary: dict[str, Any], title: str) -> None:
         for pos, k in enumerate(faith["k"]):
             table.add_row(str(k), *[f"{c['mean_drop'][pos]:.4f}" for c in faith["methods"].values()])
         console.print(table)
+
+
+def _print_segment_split(split: dict[str, Any]) -> None:
+    """The within / cross / special split of tree edges, overall and per layer."""
+    from rich.table import Table
+
+    from ..analyses.tree.build import segment_name
+
+    names = split.get("names")
+    first, second = segment_name(0, names), segment_name(1, names)
+
+    def pct(x):
+        return "–" if x is None else f"{100 * x:.1f} %"
+
+    def dist(x):
+        return "–" if x is None else f"{x:.2f}"
+
+    table = Table(
+        title=f"tree edges of sentence pairs ({split['pair_examples']} pairs): within a segment, "
+        "across segments, touching a special token",
+        title_justify="left",
+    )
+    for name in (
+        "layer",
+        "edges",
+        "within",
+        "cross",
+        "special",
+        f"{second} → {first}",
+        f"{first} → {second}",
+        "|i − j| within",
+        "|i − j| cross",
+    ):
+        table.add_column(name, justify="right")
+    for row in split["per_layer"]:
+        f = row["fractions"]
+        table.add_row(
+            str(row["layer"]),
+            str(row["edges"]),
+            f"{row['within']} ({pct(f['within'])})",
+            f"{row['cross']} ({pct(f['cross'])})",
+            f"{row['special']} ({pct(f['special'])})",
+            str(row["pair_reads_text"]),
+            str(row["text_reads_pair"]),
+            dist(row["mean_distance"]["within"]),
+            dist(row["mean_distance"]["cross"]),
+        )
+    e, f, rf = split["edges"], split["fractions"], split["receptive_field"]
+    table.add_row(
+        "all",
+        str(e["total"]),
+        f"{e['within']} ({pct(f['within'])})",
+        f"{e['cross']} ({pct(f['cross'])})",
+        f"{e['special']} ({pct(f['special'])})",
+        str(split["cross_direction"]["pair_reads_text"]),
+        str(split["cross_direction"]["text_reads_pair"]),
+        dist(rf["within"]["mean_distance"]),
+        dist(rf["cross"]["mean_distance"]),
+    )
+    console.print(table)
+    notes = [
+        f"{split['examples_with_cross_edge']} of {split['examples']} trees have a cross-segment edge",
+        f"an edge {second} → {first} means a {second} token reads a {first} token",
+    ]
+    if split["examples_without_segment_ids"]:
+        notes.append(
+            f"{split['examples_without_segment_ids']} records of an older run have no segment ids "
+            "and are left out of this table"
+        )
+    console.print("; ".join(notes), style="dim", markup=False)

@@ -2,6 +2,8 @@
 
 * tree size and depth distributions;
 * receptive field: per layer, the mean token distance |i - j| of tree edges;
+* sentence pairs: tree edges split into within-segment, cross-segment and special-token edges
+  (`AttributionTree.edge_kind`), per layer, with the direction and token distance of cross edges;
 * edge faithfulness: zero the top-k attention connections (entries (layer, head, i, j) of the
   attention probabilities) chosen by attribution score, by attention weight and at random, and
   record the model output F (the attribution's own target and output) against k.
@@ -42,7 +44,16 @@ from ..runs import (
     register_shard_function,
     run,
 )
-from .build import PARENT_CHOICES, AttributionTree, build_tree, check_threshold
+from .build import (
+    CROSS_EDGE,
+    PARENT_CHOICES,
+    SPECIAL_EDGE,
+    WITHIN_EDGE,
+    AttributionTree,
+    build_tree,
+    check_threshold,
+    classify_edge,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -194,6 +205,11 @@ def example_record(attr: Attribution, tree: AttributionTree, faith: dict[str, An
         "target": attr.target,
         "output_value": attr.output_value,
         "faithfulness": faith,
+        # what classifies the edges (within / cross segment / special); runs before these keys
+        # existed lack them and count as single-segment
+        "root": tree.root,
+        "segment_ids": [int(s) for s in tree.segment_ids],
+        "special": [i for i, special in enumerate(tree.special_mask) if special],
     }
 
 
@@ -401,7 +417,108 @@ def summarise(records: Sequence[dict[str, Any]], *, layers: Sequence[int], outpu
     faith = [r["faithfulness"] for r in records if r.get("faithfulness")]
     if faith:
         summary["faithfulness"] = _faithfulness_curves(faith, relative=output == "prob")
+    split = segment_split(records, layers=layers)
+    if split is not None:
+        summary["segments"] = split
     return summary
+
+
+SPLIT_KINDS = (WITHIN_EDGE, CROSS_EDGE, SPECIAL_EDGE)
+# directions of cross-segment edges: the parent (query) of segment 1 reads a child (key) of segment 0,
+# or the other way round (segment 0: the first text, e.g. the premise; 1: the pair text)
+PAIR_READS_TEXT, TEXT_READS_PAIR = "pair_reads_text", "text_reads_pair"
+
+
+def _record_kinds(record: dict[str, Any]) -> list[tuple[int, int, int, str]] | None:
+    """(parent, child, layer, kind) of each tree edge of a record; None for records without segment
+    ids (written before the split existed)."""
+    segments = record.get("segment_ids")
+    if segments is None:
+        return None
+    special = [False] * len(segments)
+    for i in record.get("special", []):
+        special[i] = True
+    root = record.get("root", 0)
+    return [
+        (p, c, layer, classify_edge(p, c, root=root, special_mask=special, segment_ids=segments))
+        for p, c, layer, _ in record["edges"]
+    ]
+
+
+def _distance(values: list[int]) -> dict[str, Any]:
+    d = np.asarray(values, dtype=float)
+    return {
+        "edges": int(d.size),
+        "mean_distance": float(d.mean()) if d.size else None,
+        "sem": float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else None,
+    }
+
+
+def _fractions(counts: dict[str, int]) -> dict[str, float | None]:
+    total = sum(counts[k] for k in SPLIT_KINDS)
+    return {k: (counts[k] / total if total else None) for k in SPLIT_KINDS}
+
+
+def segment_split(records: Sequence[dict[str, Any]], *, layers: Sequence[int]) -> dict[str, Any] | None:
+    """Tree edges split into within-segment, cross-segment and special-token edges (kinds as in
+    `AttributionTree.edge_kind`), overall and per layer, with the direction of cross edges and the mean
+    token distance |i - j| of each kind. None unless some record has two segments.
+
+    Records without segment ids (older runs) count as single-segment: they are left out of the
+    counts and their number is given as `examples_without_segment_ids`."""
+    classified = [(r, _record_kinds(r)) for r in records]
+    if not any(kinds is not None and len(set(r["segment_ids"])) > 1 for r, kinds in classified):
+        return None
+    counts = dict.fromkeys(SPLIT_KINDS, 0)
+    directions = {PAIR_READS_TEXT: 0, TEXT_READS_PAIR: 0}
+    per_layer = {layer: {**dict.fromkeys(SPLIT_KINDS, 0), **directions} for layer in layers}
+    distances: dict[str, list[int]] = {k: [] for k in SPLIT_KINDS}
+    layer_distances: dict[tuple[int, str], list[int]] = {}
+    used = pairs = with_cross = 0
+    for record, kinds in classified:
+        if kinds is None:
+            continue
+        used += 1
+        pairs += len(set(record["segment_ids"])) > 1
+        with_cross += any(kind == CROSS_EDGE for *_, kind in kinds)
+        for parent, child, layer, kind in kinds:
+            if kind not in counts:  # the root's link to the top node is not an attention edge
+                continue
+            row = per_layer.setdefault(layer, {**dict.fromkeys(SPLIT_KINDS, 0), **directions})
+            counts[kind] += 1
+            row[kind] += 1
+            distances[kind].append(abs(parent - child))
+            layer_distances.setdefault((layer, kind), []).append(abs(parent - child))
+            if kind == CROSS_EDGE:
+                segs = record["segment_ids"]
+                way = PAIR_READS_TEXT if segs[parent] > segs[child] else TEXT_READS_PAIR
+                directions[way] += 1
+                row[way] += 1
+    layer_rows = []
+    for layer in sorted(per_layer):
+        row = per_layer[layer]
+        layer_rows.append(
+            {
+                "layer": layer,
+                **row,
+                "edges": sum(row[k] for k in SPLIT_KINDS),
+                "fractions": _fractions(row),
+                "mean_distance": {
+                    k: _distance(layer_distances.get((layer, k), []))["mean_distance"] for k in SPLIT_KINDS
+                },
+            }
+        )
+    return {
+        "examples": used,
+        "pair_examples": pairs,
+        "examples_with_cross_edge": with_cross,
+        "examples_without_segment_ids": len(records) - used,
+        "edges": {**counts, "total": sum(counts.values())},
+        "fractions": _fractions(counts),
+        "cross_direction": directions,
+        "receptive_field": {k: _distance(distances[k]) for k in SPLIT_KINDS},
+        "per_layer": layer_rows,
+    }
 
 
 def _histogram(values: Sequence[int]) -> dict[str, int]:

@@ -202,13 +202,25 @@ def draw_tree(
         plt.Line2D([], [], marker="o", ls="", ms=7, mfc=TOP_COLOUR, mec=TOP_COLOUR, label="top node"),
         plt.Line2D([], [], marker="o", ls="", ms=7, mfc="white", mec="#1f4e79", label="joined at this layer"),
     ]
-    for (parent_seg, child_seg), colour in sorted(directions.items()):
-        direction = f"{segment_name(parent_seg, names)} → {segment_name(child_seg, names)}"
-        handles.append(plt.Line2D([], [], color=colour, lw=2.2, label=f"crosses segments: {direction}"))
+    crossing = [
+        plt.Line2D(
+            [],
+            [],
+            color=colour,
+            lw=2.2,
+            label=f"crosses segments: {segment_name(p, names)} → {segment_name(c, names)}",
+        )
+        for (p, c), colour in sorted(directions.items(), reverse=True)  # segment 1 reads 0 first
+    ]
     ncol = 3
-    if directions:  # one row when it fits (7.5 pt text ≈ 0.06 in/char, plus the marker and spacing)
-        needed = sum(0.06 * len(h.get_label()) + 0.55 for h in handles)
-        ncol = len(handles) if needed < 0.85 * width else 3
+    if crossing:
+        # one row when it fits (7.5 pt text ≈ 0.06 in/char, plus the marker and spacing), else the
+        # node entries on the first row and the edge entries under them (legends fill column by column)
+        needed = sum(0.06 * len(h.get_label()) + 0.55 for h in handles + crossing)
+        if needed < 0.85 * width:
+            handles, ncol = handles + crossing, len(handles) + len(crossing)
+        else:
+            handles = [h for c, node in enumerate(handles) for h in [node, *crossing[c : c + 1]]]
     ax.legend(
         handles=handles,
         loc="lower left",
@@ -365,6 +377,59 @@ def plot_faithfulness(curves: dict[str, Any], path: str | Path | None = None, *,
     ax.axhline(0, color="#999999", lw=0.6)
     ax.legend(frameon=False, fontsize=8)
     ax.set_title(title or "edge faithfulness", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_segment_split(
+    split: dict[str, Any],
+    path: str | Path | None = None,
+    *,
+    title: str = "",
+    segment_names: Sequence[str] | None = None,
+):
+    """Tree edges of sentence pairs per layer: stacked counts of within-segment, cross-segment and
+    special-token edges (left), and the mean token distance |i - j| of each kind (right).
+
+    split: the `segments` entry of a tree-stats summary (`attattr.analyses.tree.stats.segment_split`)."""
+    rows = split["per_layer"]
+    layers = np.arange(len(rows))
+    first, second = segment_name(0, segment_names), segment_name(1, segment_names)
+    labels = {
+        "within": "within a segment",
+        "cross": f"cross-segment ({second} → {first}: {split['cross_direction']['pair_reads_text']}, "
+        f"{first} → {second}: {split['cross_direction']['text_reads_pair']})",
+        "special": "touching a special token",
+    }
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(8.0, 0.9 * len(rows) + 4), 3.3))
+    bottom = np.zeros(len(rows))
+    for kind in ("within", "cross", "special"):
+        counts = np.asarray([r[kind] for r in rows], dtype=float)
+        left.bar(layers, counts, bottom=bottom, color=KIND_COLOURS[kind], label=labels[kind], width=0.7)
+        bottom += counts
+    left.set_xticks(layers)
+    left.set_xticklabels([str(r["layer"]) for r in rows])
+    left.set_xlabel("layer")
+    left.set_ylabel("tree edges")
+    left.legend(frameon=False, fontsize=7, loc="upper left")
+    left.set_ylim(0, max(bottom.max(), 1) * 1.45)
+    left.set_title("edges by kind", fontsize=9)
+
+    width = 0.38
+    for offset, kind in ((-width / 2, "within"), (width / 2, "cross")):
+        means = [r["mean_distance"][kind] for r in rows]
+        heights = [m if m is not None else 0.0 for m in means]
+        right.bar(layers + offset, heights, width=width, color=KIND_COLOURS[kind], label=kind)
+    right.set_xticks(layers)
+    right.set_xticklabels([str(r["layer"]) for r in rows])
+    right.set_xlabel("layer")
+    right.set_ylabel("mean |i − j|")
+    right.legend(frameon=False, fontsize=7, loc="upper left")
+    right.set_title("receptive field by kind", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     if path is not None:
         save_figure(fig, path)
