@@ -32,6 +32,17 @@ def check_out_dir(path: str | Path | None, option: str = "--out") -> Path | None
     return check_output_folder(path, what=option)
 
 
+def check_at_least(option: str, value: int | None, low: int = 1) -> None:
+    """Refuse a number option below `low` (InputError naming the option); None passes."""
+    if value is not None and value < low:
+        raise InputError(f"{option} must be >= {low}, got {value}")
+
+
+def data_columns(text_column: str, pair_column: str | None, label_column: str) -> dict[str, str | None]:
+    """The column options of a data file, as `attattr.data.load_dataset` takes them."""
+    return {"text_column": text_column, "pair_column": pair_column, "label_column": label_column}
+
+
 def check_text(text: str | None, what: str = "text") -> str | None:
     """Refuse text that is not valid UTF-8. Undecodable bytes in an argument reach Python as
     surrogate escapes (U+DC80..U+DCFF), which no tokenizer can take."""

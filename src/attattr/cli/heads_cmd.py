@@ -17,7 +17,16 @@ from rich.table import Table
 from ..core.errors import InputError
 from ..core.files import write_json
 from .app import app
-from .common import console, dataset_or_recipe_data, print_json, progress_bar, write_dataset_report
+from .common import (
+    check_at_least,
+    check_out_dir,
+    console,
+    data_columns,
+    dataset_or_recipe_data,
+    print_json,
+    progress_bar,
+    write_dataset_report,
+)
 from .ray_options import (
     CpusPerWorkerOpt,
     GpusPerWorkerOpt,
@@ -102,17 +111,6 @@ def _check_method(method: str) -> None:
         raise InputError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
 
 
-def _check_count(name: str, value: int) -> None:
-    if value < 1:
-        raise InputError(f"{name} must be >= 1, got {value}")
-
-
-def _check_out(out: Path) -> None:
-    from ..analyses.runs import check_output_folder
-
-    check_output_folder(out)
-
-
 def _load_model(name: str, quiet: bool):
     from .. import models
 
@@ -178,10 +176,6 @@ def _metric(dataset) -> dict[str, Any]:
     """The metric option of an analysis over a causal LM's prompts (nothing for a classifier's data)."""
     metric = getattr(dataset, "metric", None)
     return {"metric": metric} if metric is not None else {}
-
-
-def _columns(text_column: str, pair_column: str | None, label_column: str) -> dict[str, Any]:
-    return {"text_column": text_column, "pair_column": pair_column, "label_column": label_column}
 
 
 def _seed(first: bool, sample_seed: int) -> int | None:
@@ -269,17 +263,17 @@ def importance_cmd(
     from ..render.plots.heads import plot_importance
 
     _check_method(method)
-    _check_count("--examples", examples)
+    check_at_least("--examples", examples)
     attr = _attr_options(steps, rule, fast)
     check_importance_options(method, batch_size=batch_size, eval_batch_size=eval_batch_size, **attr)
     check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
-    _check_out(out)
+    check_out_dir(out)
     loaded = _load_model(model, json_out)
     data = dataset_or_recipe_data(loaded, data)
     sample = _sample_label(first, sample_seed)
     dataset = []
     if get_method(method).needs_examples:
-        columns = _columns(text_column, pair_column, label_column)
+        columns = data_columns(text_column, pair_column, label_column)
         dataset = _load_data(loaded, data, split, examples, columns, _seed(first, sample_seed))
     context = {"kind": "importance", "method": method, "model_id": loaded.model_id}
     with executor_from_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model) as executor:
@@ -357,15 +351,15 @@ def effectiveness_cmd(
     from ..analyses.heads import check_importance_options, effectiveness
     from ..render.plots.heads import plot_effectiveness
 
-    _check_count("--examples", examples)
-    _check_count("--step", step)
+    check_at_least("--examples", examples)
+    check_at_least("--step", step)
     attr = _attr_options(steps, rule, fast)
     check_importance_options("attattr", batch_size=batch_size, eval_batch_size=eval_batch_size, **attr)
     check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
-    _check_out(out)
+    check_out_dir(out)
     loaded = _load_model(model, json_out)
     data = dataset_or_recipe_data(loaded, data)
-    columns = _columns(text_column, pair_column, label_column)
+    columns = data_columns(text_column, pair_column, label_column)
     dataset = _load_data(loaded, data, split, examples, columns, _seed(first, sample_seed))
     started = time.perf_counter()
     with (
@@ -480,17 +474,16 @@ def prune_cmd(
     bad = [m for m in chosen if m not in KNOWN]
     if bad or not chosen:
         raise InputError(f"unknown method {bad[0] if bad else '(none)'!r}; choose from: {', '.join(KNOWN)}")
-    _check_count("--examples", examples)
-    _check_count("--seeds", seeds)
-    if eval_limit is not None:
-        _check_count("--eval-limit", eval_limit)
+    check_at_least("--examples", examples)
+    check_at_least("--seeds", seeds)
+    check_at_least("--eval-limit", eval_limit)
     attr = _attr_options(steps, rule, fast)
     check_pruning_options(chosen, seeds=seeds, batch_size=batch_size, eval_batch_size=eval_batch_size, **attr)
     check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
-    _check_out(out)
+    check_out_dir(out)
     loaded = _load_model(model, json_out)
     data = dataset_or_recipe_data(loaded, data)
-    columns = _columns(text_column, pair_column, label_column)
+    columns = data_columns(text_column, pair_column, label_column)
     sample = _sample_label(first, sample_seed)
     imp_data = _load_data(loaded, data, importance_split, examples, columns, _seed(first, sample_seed))
     eval_data = _load_data(loaded, data, split, eval_limit, columns, _seed(first, sample_seed))
@@ -605,10 +598,10 @@ def correlate_cmd(
         )
     if len(model_names) + len(importance_files or []) < 2:
         raise InputError("give at least two models (--models a b) or importance files (--importance f.json)")
-    _check_count("--examples", examples)
+    check_at_least("--examples", examples)
     attr = _attr_options(steps, rule, fast)
     check_importance_options(method, batch_size=batch_size, eval_batch_size=eval_batch_size, **attr)
-    _check_out(out)
+    check_out_dir(out)
     importances: dict[str, Importance] = {}
     files: list[str] = []
     for path in importance_files or []:
@@ -621,7 +614,7 @@ def correlate_cmd(
         dname = data_names[i] if data_names else dataset_or_recipe_data(loaded, None)
         dataset = []
         if needs_examples:
-            columns = _columns("text", None, "label")
+            columns = data_columns("text", None, "label")
             dataset = _load_data(loaded, dname, split, examples, columns, _seed(first, sample_seed))
         label = _unique(_short(name), importances)
         folder = out / _safe(label)

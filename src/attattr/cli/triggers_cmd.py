@@ -17,7 +17,16 @@ from rich.table import Table
 
 from ..core.errors import InputError
 from .app import app
-from .common import console, print_json, progress_bar, warn, write_dataset_report
+from .common import (
+    check_at_least,
+    check_out_dir,
+    console,
+    data_columns,
+    print_json,
+    progress_bar,
+    warn,
+    write_dataset_report,
+)
 from .ray_options import (
     CpusPerWorkerOpt,
     GpusPerWorkerOpt,
@@ -71,20 +80,11 @@ def _load(
     return loaded, dataset
 
 
-def _columns(text_column: str, pair_column: str | None, label_column: str) -> dict[str, str | None]:
-    return {"text_column": text_column, "pair_column": pair_column, "label_column": label_column}
-
-
 def _column_settings(columns: dict[str, str | None]) -> dict[str, str]:
     """The columns a mining run records: only those not left at their defaults, so that an
     identical run of an earlier version (which recorded none) keeps its settings."""
-    defaults = _columns("text", None, "label")
+    defaults = data_columns("text", None, "label")
     return {k: v for k, v in columns.items() if v != defaults[k] and v is not None}
-
-
-def _at_least(option: str, value: int | None, low: int) -> None:
-    if value is not None and value < low:
-        raise InputError(f"{option} must be >= {low}, got {value}")
 
 
 @triggers_app.command("mine")
@@ -133,25 +133,23 @@ def mine(
     goes to the run file runs/triggers-mine-<settings hash>.jsonl next to --out as soon as its batch
     is done; an interrupted run started again with the same settings resumes (--fresh: start over).
     """
-    from ..analyses.runs import check_output_folder
     from ..analyses.triggers import ORDERS, mine_patterns, write_patterns
-    from ..core.quadrature import RULES
+    from ..core.engine import resolve_integration
 
-    _at_least("--examples", examples, 1)
-    _at_least("--min-tokens", min_tokens, 0)
-    _at_least("--steps", steps, 1)
-    _at_least("--batch-size", batch_size, 1)
-    _at_least("--show", show, 0)
+    check_at_least("--examples", examples, 1)
+    check_at_least("--min-tokens", min_tokens, 0)
+    check_at_least("--steps", steps, 1)
+    check_at_least("--batch-size", batch_size, 1)
+    check_at_least("--show", show, 0)
     if order not in ORDERS:
         raise InputError(f"--order must be one of {', '.join(ORDERS)}, got {order!r}")
-    if rule not in RULES:
-        raise InputError(f"unknown integration rule {rule!r}; choose one of: {', '.join(RULES)}")
+    resolve_integration(steps=steps, rule=rule)  # the engine's own check of the rule
     if out.is_dir():
         raise InputError(f"--out {out} is a folder; give the patterns file to write")
     check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
-    check_output_folder(out.parent, what="the folder of --out")
-    runs_dir = check_output_folder(out.parent / "runs", what="the run folder")
-    columns = _columns(text_column, pair_column, label_column)
+    check_out_dir(out.parent, "the folder of --out")
+    runs_dir = check_out_dir(out.parent / "runs", "the run folder")
+    columns = data_columns(text_column, pair_column, label_column)
     loaded, dataset = _load(
         model, data, split, columns, quiet=json_out, first=examples if order == "first" else None
     )
@@ -238,7 +236,6 @@ def attack_cmd(
     Example:  attattr triggers attack --model minilm-rt --patterns patterns.jsonl
     --data rotten-tomatoes --split dev --top 3 --out attack/
     """
-    from ..analyses.runs import check_output_folder
     from ..analyses.triggers import (
         attack,
         attack_evaluations,
@@ -249,14 +246,14 @@ def attack_cmd(
     )
     from ..render.plots.triggers import plot_attack
 
-    _at_least("--top", top, 1)
-    _at_least("--seeds", seeds, 1)
-    _at_least("--limit", limit, 1)
-    _at_least("--batch-size", batch_size, 1)
-    check_output_folder(out)
+    check_at_least("--top", top, 1)
+    check_at_least("--seeds", seeds, 1)
+    check_at_least("--limit", limit, 1)
+    check_at_least("--batch-size", batch_size, 1)
+    check_out_dir(out)
     if not patterns.is_file():
         raise InputError(f"patterns file not found: {patterns}")
-    columns = _columns(text_column, pair_column, label_column)
+    columns = data_columns(text_column, pair_column, label_column)
     loaded, dataset = _load(model, data, split, columns, quiet=json_out)
     if limit is not None:  # a seeded sample, not the first N: built-in splits are ordered by label
         dataset = replace(dataset, examples=[dataset[i] for i in sample_indices(len(dataset), limit)])
