@@ -59,6 +59,21 @@ def make_attribution(
     )
 
 
+def make_pair_attribution(n: int = 12, split: int = 6, **kwargs) -> Attribution:
+    """A sentence pair: [CLS] text [SEP] | pair text [SEP], segment 1 from position `split` on."""
+    a = make_attribution(n=n, **kwargs)
+    a.tokens[split - 1] = "[SEP]"
+    a.special_mask = [t in ("[CLS]", "[SEP]") for t in a.tokens]
+    a.segment_ids = [0] * split + [1] * (n - split)
+    a.text, a.text_pair = " ".join(a.tokens[1 : split - 1]), " ".join(a.tokens[split:-1])
+    return a
+
+
+def page_body(page: str) -> str:
+    """The page's HTML between <main> and </main>: no CSS, script or data."""
+    return page.split("<main>", 1)[1].split("</main>", 1)[0]
+
+
 def report_data(page: str) -> dict:
     m = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S)
     assert m, "no data block"
@@ -313,3 +328,83 @@ def test_write_report_is_atomic_and_follows_the_umask(tmp_path):
         os.umask(mask)
     assert oct(path.stat().st_mode & 0o777) == oct(0o600)
     assert [p.name for p in path.parent.iterdir()] == [REPORT_FILE]  # no temporary file left
+
+
+def test_pair_shows_two_segments(tmp_path):
+    a = make_pair_attribution(n=12, split=6, seed=1)
+    page = write_report(tmp_path, attribution=a).read_text()
+    body = page_body(page)
+    # a legend naming the two segments, in the tree module's default names
+    legend = re.search(r'<div class="seg-legend" id="seg-legend">(.*?)</div>', body).group(1)
+    assert legend == '<span class="seg-key seg0">text</span><span class="seg-key seg1">pair text</span>'
+    assert '<span class="lbl seg0">text</span>' in body and '<span class="lbl seg1">pair text</span>' in body
+    # every chip carries its segment; one separator, right before the first pair-text token
+    chips = re.findall(r'<span class="(tok[^"]*)" data-index="(\d+)"', body)
+    assert [int(i) for _, i in chips] == list(range(12))
+    for cls, i in chips:
+        want = ["tok"] + (["special"] if a.special_mask[int(i)] else []) + [f"seg{a.segment_ids[int(i)]}"]
+        assert cls.split() == want, (i, cls)
+    assert 'class="tok seg1"' in body and 'class="tok special seg1"' in body  # what the SNLI test reads
+    seps = re.findall(r'<span class="seg-sep"[^>]*data-before="(\d+)"[^>]*></span>', body)
+    assert seps == ["6"]
+    tokens_html = re.search(r'<div id="tokens" class="tokens pair">(.*?)</div>', body).group(1)
+    assert tokens_html.index('class="seg-sep"') < tokens_html.index('data-index="6"')
+    assert tokens_html.index('data-index="5"') < tokens_html.index('class="seg-sep"')
+    # the maps are told the segments and names; the heatmap legend repeats the names
+    data = report_data(page)
+    assert data["attribution"]["segments"] == a.segment_ids
+    assert data["attribution"]["segment_names"] == ["text", "pair text"]
+    assert 'id="maps-seg-legend"' in body
+    # the tree: segments, names and each edge's kind, the tree module's own classification
+    tree = a.tree(threshold=0.4)
+    t = data["tree"]
+    assert t["segments"] == a.segment_ids and t["segment_names"] == ["text", "pair text"]
+    assert t["kinds"] == [tree.edge_kind(e) for e in tree.edges]
+    assert "lie apart on their own bands" in body
+
+
+def test_pair_tree_kinds_include_cross_edges():
+    a = make_pair_attribution(n=12, split=6, seed=1)
+    tree = a.tree(threshold=0.05)  # a low threshold: a large tree with edges across the segments
+    kinds = report_data(render_report(attribution=a, tree=tree))["tree"]["kinds"]
+    # independent of the tree module: both ends ordinary tokens of different segments
+    want = []
+    for e in tree.edges:
+        if e.parent == tree.root:
+            want.append("root")
+        elif a.special_mask[e.parent] or a.special_mask[e.child]:
+            want.append("special")
+        else:
+            want.append("cross" if a.segment_ids[e.parent] != a.segment_ids[e.child] else "within")
+    assert kinds == want and "cross" in kinds
+
+
+def test_pair_segment_names_from_caller_or_tree():
+    a = make_pair_attribution()
+    page = render_report(attribution=a, segment_names=["premise", "hypothesis"])
+    body = page_body(page)
+    assert '<span class="seg-key seg0">premise</span><span class="seg-key seg1">hypothesis</span>' in body
+    assert '<span class="lbl seg1">hypothesis</span>' in body and 'title="premise | hypothesis"' in body
+    data = report_data(page)
+    assert data["attribution"]["segment_names"] == data["tree"]["segment_names"] == ["premise", "hypothesis"]
+    # a tree that names its segments names them on the whole page
+    tree = a.tree()
+    tree.segment_names = ["premise", "hypothesis"]
+    assert '<span class="lbl seg0">premise</span>' in page_body(render_report(attribution=a, tree=tree))
+    # names are escaped
+    body = page_body(render_report(attribution=a, segment_names=["<p>", "q&a"]))
+    assert '<span class="seg-key seg0">&lt;p&gt;</span>' in body and "q&amp;a" in body
+    for bad in (["one"], ["a", ""], ["a", "b", "c"]):
+        with pytest.raises(InputError, match="segment names must be two non-empty names"):
+            render_report(attribution=a, segment_names=bad)
+
+
+def test_single_segment_report_has_no_segment_marks():
+    a = make_attribution(n=10)
+    page = render_report(attribution=a, segment_names=["premise", "hypothesis"])
+    body = page_body(page)
+    for mark in ("seg-legend", "seg-sep", "seg0", "seg1", "tokens pair", "lie apart", "premise"):
+        assert mark not in body, mark
+    assert '<div id="tokens" class="tokens">' in body and '<span class="lbl">text</span>' in body
+    # the tree still carries its (single) segment, so the page draws it as before
+    assert set(report_data(page)["tree"]["segments"]) == {0}

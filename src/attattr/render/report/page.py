@@ -29,7 +29,9 @@ from .payload import (
     cmap_anchors,
     hex_colour,
     json_for_script,
+    resolve_segment_names,
     resolve_tree,
+    segment_starts,
 )
 
 __all__ = ["REPORT_FILE", "TOP_EDGES", "Section", "render_report", "write_report"]
@@ -64,6 +66,7 @@ def write_report(
     tree: Any = None,
     sections: Sequence[Section] = (),
     title: str | None = None,
+    segment_names: Sequence[str] | None = None,
 ) -> Path:
     """Write the report and return its path.
 
@@ -72,6 +75,8 @@ def write_report(
     tree: an `AttributionTree`, its `to_json()` dict, SVG text or a path to an .svg/.json file;
       None builds the tree from `attribution` (default threshold) when it can; False leaves it out.
     sections: extra blocks (dataset commands).
+    segment_names: what to call a sentence pair's two texts (e.g. premise, hypothesis); default the
+      tree's names, else "text" and "pair text" ("prompt" and "continuation" for a causal LM).
     """
     path = Path(path)
     if path.suffix.lower() in (".html", ".htm"):
@@ -80,7 +85,9 @@ def write_report(
         if path.exists() and not path.is_dir():
             raise InputError(f"report path {path} is a file; give a directory or a .html file name")
         target = path / REPORT_FILE
-    text = render_report(attribution=attribution, tree=tree, sections=sections, title=title)
+    text = render_report(
+        attribution=attribution, tree=tree, sections=sections, title=title, segment_names=segment_names
+    )
     return files.write_text(target, text)
 
 
@@ -90,6 +97,7 @@ def render_report(
     tree: Any = None,
     sections: Sequence[Section] = (),
     title: str | None = None,
+    segment_names: Sequence[str] | None = None,
 ) -> str:
     """The report as one HTML string (see `write_report`)."""
     from ..plots.style import DIVERGING, SEQUENTIAL  # matplotlib: only when a report is made
@@ -106,12 +114,20 @@ def render_report(
 
     if attribution is not None:
         check_attribution(attribution)
-        data["attribution"] = attribution_payload(attribution)
-        body.append(_input_section(attribution))
-        body.append(_heads_section(attribution, data["attribution"], SEQUENTIAL))
+    if segment_names is not None:
+        segment_names = resolve_segment_names(segment_names, None, attribution)  # checked before any work
+    tree_svg, tree_data, tree_note = resolve_tree(tree, attribution, segment_names)
+    # one pair of names for the chips, the maps and the tree
+    names = resolve_segment_names(segment_names, tree_data, attribution)
+    if tree_data is not None:
+        tree_data["segment_names"] = names
+
+    if attribution is not None:
+        data["attribution"] = attribution_payload(attribution, names)
+        body.append(_input_section(attribution, names))
+        body.append(_heads_section(attribution, data["attribution"], SEQUENTIAL, names))
         nav += [("input", "Input"), ("heads", "Heads")]
 
-    tree_svg, tree_data, tree_note = resolve_tree(tree, attribution)
     if tree is not False and (attribution is not None or tree is not None):
         data["tree"] = tree_data
         body.append(_tree_section(tree_svg, tree_data, tree_note))
@@ -167,22 +183,50 @@ def _header(title: str, a: Attribution | None) -> str:
     return "\n".join(out)
 
 
-def _input_section(a: Attribution) -> str:
+def _segment_legend(names: Sequence[str], element_id: str) -> str:
+    """Swatches naming a pair's two segments, in their colours."""
+    keys = "".join(f'<span class="seg-key seg{k}">{escape(name)}</span>' for k, name in enumerate(names[:2]))
+    return f'<div class="seg-legend" id="{element_id}">{keys}</div>'
+
+
+def _input_section(a: Attribution, names: Sequence[str]) -> str:
+    segments = [int(s) for s in a.segment_ids]
+    starts = set(segment_starts(segments))
+    pair = bool(starts)
     chips = []
     for i, tok in enumerate(a.tokens):
         cls = ["tok"]
         if a.special_mask[i]:
             cls.append("special")
-        if a.segment_ids[i]:
-            cls.append("seg1")
+        if pair:
+            cls.append(f"seg{segments[i]}")
+        if i in starts:
+            before, after = _name(names, segments[i - 1]), _name(names, segments[i])
+            chips.append(
+                f'<span class="seg-sep" role="separator" data-before="{i}" '
+                f'title="{escape(before)} | {escape(after)}"></span>'
+            )
         chips.append(f'<span class="{" ".join(cls)}" data-index="{i}" title="#{i}">{escape(tok)}</span>')
-    texts = [f'<p class="text"><span class="lbl">text</span> {escape(a.text)}</p>']
-    if a.text_pair is not None:
-        texts.append(f'<p class="text"><span class="lbl">pair</span> {escape(a.text_pair)}</p>')
+    if pair:
+        texts = [f'<p class="text"><span class="lbl seg0">{escape(names[0])}</span> {escape(a.text)}</p>']
+        if a.text_pair is not None:
+            texts.append(
+                f'<p class="text"><span class="lbl seg1">{escape(names[1])}</span> {escape(a.text_pair)}</p>'
+            )
+        chips_html = (
+            _segment_legend(names, "seg-legend")
+            + f'<div id="tokens" class="tokens pair">{"".join(chips)}</div>'
+        )
+    else:
+        texts = [f'<p class="text"><span class="lbl">text</span> {escape(a.text)}</p>']
+        if a.text_pair is not None:
+            texts.append(f'<p class="text"><span class="lbl">pair</span> {escape(a.text_pair)}</p>')
+        chips_html = f'<div id="tokens" class="tokens">{"".join(chips)}</div>'
+
     if a.truncated:
         texts.append('<p class="note warn">The input was truncated to the model\'s maximum length.</p>')
     if a.decoder is not None:
-        return _decoder_input_section(a, chips, texts)
+        return _decoder_input_section(a, chips_html, texts)
     rows = []
     probs = list(a.probabilities)
     for c, p in enumerate(probs):
@@ -205,7 +249,7 @@ def _input_section(a: Attribution) -> str:
     return f"""<section id="input">
 <h2>Input and prediction</h2>
 {"".join(texts)}
-<div id="tokens" class="tokens">{"".join(chips)}</div>
+{chips_html}
 <table class="probs"><thead><tr><th>class</th><th colspan="2">probability</th><th></th></tr></thead>
 <tbody>{"".join(rows)}</tbody></table>
 <p class="explain">Attributed output F: the {output_name} of class <b>{escape(a.label_name(a.target))}</b>
@@ -214,7 +258,7 @@ matrix: positive (red) connections raise F, negative (blue) ones lower it.</p>
 </section>"""
 
 
-def _decoder_input_section(a: Attribution, chips: list[str], texts: list[str]) -> str:
+def _decoder_input_section(a: Attribution, chips_html: str, texts: list[str]) -> str:
     """A causal LM's input: the prompt (forced target tokens marked), the top next tokens with their
     probabilities at the predicting position, and what F is (docs/decoders.md)."""
     from ...core.objectives import describe_decoder
@@ -253,7 +297,7 @@ def _decoder_input_section(a: Attribution, chips: list[str], texts: list[str]) -
     return f"""<section id="input">
 <h2>Prompt and prediction</h2>
 {"".join(texts)}
-<div id="tokens" class="tokens">{"".join(chips)}</div>
+{chips_html}
 <table class="probs"><thead><tr><th>next token{where}</th><th colspan="2">probability</th><th></th></tr></thead>
 <tbody>{"".join(rows)}</tbody></table>
 <p class="explain">Attributed output F = {escape(describe_decoder(d, a.tokens))}
@@ -264,7 +308,11 @@ negative (blue) ones lower it.</p>
 </section>"""
 
 
-def _heads_section(a: Attribution, payload: Mapping[str, Any], cmap_name: str) -> str:
+def _name(names: Sequence[str], segment: int) -> str:
+    return names[segment] if 0 <= segment < len(names) else f"segment {segment}"
+
+
+def _heads_section(a: Attribution, payload: Mapping[str, Any], cmap_name: str, names: Sequence[str]) -> str:
     from matplotlib import colormaps
 
     cmap = colormaps[cmap_name]
@@ -298,6 +346,14 @@ def _heads_section(a: Attribution, payload: Mapping[str, Any], cmap_name: str) -
         f'<div class="legend"><span>{format_value(lo)}</span><div class="ramp" data-cmap="seq"></div>'
         f"<span>{format_value(hi)}</span></div>"
     )
+    pair_note = ""
+    if segment_starts(payload["segments"]):
+        pair_note = (
+            '<div class="maps-pair">'
+            + _segment_legend(names, "maps-seg-legend")
+            + '<span class="caption">token labels in their segment\'s colour; dark lines mark where '
+            "the segments meet, splitting each map into within- and cross-segment blocks</span></div>\n"
+        )
     return f"""<section id="heads">
 <h2>Heads</h2>
 <div class="heads-top">
@@ -318,7 +374,7 @@ def _heads_section(a: Attribution, payload: Mapping[str, Any], cmap_name: str) -
   <label><input type="radio" name="scale" value="head" checked> this head</label>
   <label><input type="radio" name="scale" value="all"> all heads</label>
 </div>
-<div class="maps">
+{pair_note}<div class="maps">
   <figure class="map"><figcaption>Attention <span class="axis">rows: query token (attends) · columns: key
   token (attended to)</span></figcaption><canvas id="attn-canvas" width="10" height="10"></canvas>
   <div class="legend"><span class="lo"></span><div class="ramp" data-cmap="seq"></div><span class="hi"></span></div>
@@ -340,6 +396,13 @@ def _tree_section(svg: str | None, payload: dict | None, note: str | None) -> st
             '<p class="caption">How information flows to the prediction: tokens along the bottom, each node at the '
             "layer where it joined the tree, an edge from a token to the token it takes information from "
             "(line width = score). Hover an edge for its layer and score.</p>"
+        )
+    if payload is not None and segment_starts(payload.get("segments") or []):
+        names = payload["segment_names"]
+        parts.append(
+            f'<p class="caption">The two segments, {escape(names[0])} and {escape(names[1])}, lie apart on '
+            "their own bands; an edge that joins ordinary tokens of different segments is drawn dashed, in a "
+            "colour per direction (legend below).</p>"
         )
     if note:
         parts.append(f'<p class="note" id="tree-note">{escape(note)}</p>')

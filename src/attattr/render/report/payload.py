@@ -18,7 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...analyses.tree.build import build_tree
+from ...analyses.tree.build import (
+    DECODER_SEGMENT_NAMES,
+    DEFAULT_SEGMENT_NAMES,
+    build_tree,
+    classify_edge,
+)
 from ...core.errors import AttattrError, InputError
 from ...core.result import Attribution
 from .markup import clean_svg
@@ -33,6 +38,8 @@ __all__ = [
     "json_for_script",
     "resolve_tree",
     "round_significant",
+    "resolve_segment_names",
+    "segment_starts",
     "tree_payload",
 ]
 
@@ -72,8 +79,33 @@ def decode_heads(scales: Sequence[float], data: Sequence[str], n: int) -> np.nda
     return np.stack(rows) if rows else np.zeros((0, n * n))
 
 
-def attribution_payload(a: Attribution) -> dict[str, Any]:
-    """Tokens, the head-importance grid `[layers, heads]`, and both tensors encoded per head."""
+def resolve_segment_names(
+    given: Sequence[str] | None, tree: Mapping[str, Any] | None, a: Attribution | None
+) -> list[str]:
+    """What the page calls segments 0 and 1: the caller's names, else the tree's own, else
+    "prompt" / "continuation" for a causal LM, else "text" / "pair text" (as the tree drawings)."""
+    if given is not None:
+        names = [str(x).strip() for x in given]
+        if len(names) != 2 or not all(names):
+            raise InputError(f"segment names must be two non-empty names, got {list(given)!r}")
+        return names
+    from_tree = (tree or {}).get("segment_names")
+    if from_tree:
+        return [str(x) for x in from_tree]
+    if a is not None and a.decoder is not None:
+        return list(DECODER_SEGMENT_NAMES)
+    return list(DEFAULT_SEGMENT_NAMES)
+
+
+def segment_starts(segments: Sequence[int]) -> list[int]:
+    """Positions where a new segment begins (empty for a single segment)."""
+    return [i for i in range(1, len(segments)) if segments[i] != segments[i - 1]]
+
+
+def attribution_payload(a: Attribution, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Tokens, the head-importance grid `[layers, heads]`, and both tensors encoded per head.
+
+    names: what segments 0 and 1 are called (a sentence pair's two texts)."""
     importance = a.head_importance().to(torch.float64)  # [layers, heads]
     imp = torch.nan_to_num(importance, nan=0.0)
     flat_best = int(torch.argmax(imp).item()) if imp.numel() else 0
@@ -84,6 +116,7 @@ def attribution_payload(a: Attribution) -> dict[str, Any]:
         "tokens": list(a.tokens),
         "special": [bool(s) for s in a.special_mask],
         "segments": [int(s) for s in a.segment_ids],
+        "segment_names": list(names or DEFAULT_SEGMENT_NAMES),
         "layers": [int(x) for x in a.layers],
         "heads": heads,
         "n": len(a.tokens),
@@ -120,18 +153,21 @@ def json_for_script(obj: Any) -> str:
 
 
 # ---- tree --------------------------------------------------------------------------------------
-def resolve_tree(tree: Any, attribution: Attribution | None) -> tuple[str | None, dict | None, str | None]:
+def resolve_tree(
+    tree: Any, attribution: Attribution | None, names: Sequence[str] | None = None
+) -> tuple[str | None, dict | None, str | None]:
     """(inline SVG, drawable JSON, note). At most one of SVG/JSON is set; the note explains gaps.
 
     tree: an `AttributionTree`, its `to_json()` dict, SVG or JSON text, a path to an .svg/.json
-    file, None (built from `attribution` when there is one) or False (no tree)."""
+    file, None (built from `attribution` when there is one) or False (no tree).
+    names: segment names given to a tree built here."""
     if tree is False:
         return None, None, None
     if tree is None:
         if attribution is None:
             return None, None, None
         try:
-            tree = build_tree(attribution)
+            tree = build_tree(attribution, segment_names=names)
         except (ImportError, AttattrError, ValueError) as exc:
             return None, None, f"No attribution tree: {exc}"
     if isinstance(tree, Path) or (isinstance(tree, str) and not tree.lstrip().startswith(("<", "{"))):
@@ -178,12 +214,23 @@ def tree_payload(tree: Mapping[str, Any], attribution: Attribution | None) -> di
     special = tree.get("special_mask") or (
         attribution.special_mask if attribution is not None else [False] * n
     )
+    segments = tree.get("segment_ids") or (attribution.segment_ids if attribution is not None else [0] * n)
+    if len(special) != n or len(segments) != n:
+        raise ValueError(f"special_mask and segment_ids need one entry per token ({n})")
+    root = int(tree.get("root", nodes[0][0] if nodes else 0))
+    # one definition of an edge's kind (within / cross / special / root): the tree module's
+    kinds = [
+        classify_edge(p, c, root=root, special_mask=special, segment_ids=segments) for p, c, _, _ in edges
+    ]
     return {
         "tokens": tokens,
         "special": [bool(s) for s in special],
         "nodes": [[i, layer] for i, layer in nodes],
         "edges": [[p, c, layer, round_significant(s, 4)] for p, c, layer, s in edges],
-        "root": int(tree.get("root", nodes[0][0] if nodes else 0)),
+        "kinds": kinds,
+        "segments": [int(s) for s in segments],
+        "segment_names": tree.get("segment_names"),
+        "root": root,
         "layers": [int(x) for x in layers],
         "threshold": tree.get("threshold"),
         "message": tree.get("message"),

@@ -31,6 +31,19 @@
   };
   const shortLabel = (t) => (t.length > 14 ? t.slice(0, 13) + "…" : t);
 
+  // ---- segments (sentence pairs) -------------------------------------------------------------
+  // the same colours as the token chips and the tree figures: blue for segment 0, orange for 1
+  const SEG_INK = ["#2e5d8a", "#9a5b13"];
+  const SEG_TINT = ["#9dbbdc", "#e2b57a"];
+  const segInk = (s) => SEG_INK[s] || "#343a40";
+  const segName = (names, s) => (names && names[s]) || "segment " + s;
+  function segmentStarts(segments) {
+    // positions where a new segment begins: empty for a single segment
+    const out = [];
+    for (let i = 1; i < (segments || []).length; i++) if (segments[i] !== segments[i - 1]) out.push(i);
+    return out;
+  }
+
   // ---- colours -------------------------------------------------------------------------------
   function makeLut(anchors) {
     const rgb = anchors.map((h) => [1, 3, 5].map((k) => parseInt(h.slice(k, k + 2), 16)));
@@ -101,6 +114,7 @@
     grid.querySelectorAll("button.head").forEach((b) => buttons.set(b.dataset.layer + "-" + b.dataset.head, b));
 
     const state = { layer: null, head: null, values: null, scale: "head", hover: null, pin: null, layout: null };
+    const starts = segmentStarts(A.segments); // non-empty for a sentence pair
     const images = { attention: document.createElement("canvas"), attribution: document.createElement("canvas") };
 
     function headIndex(layer, head) {
@@ -176,6 +190,7 @@
       ctx.strokeStyle = "#ced4da";
       ctx.lineWidth = 1;
       ctx.strokeRect(L.left - 0.5, L.top - 0.5, L.size + 1, L.size + 1);
+      if (starts.length) drawSegments(ctx, L);
 
       const focus = state.hover || state.pin;
       ctx.textBaseline = "middle";
@@ -186,7 +201,8 @@
         const strong = (w) => (w ? "bold " : "") + L.font + "px system-ui, sans-serif";
         // row label: query token i
         ctx.font = strong(focus && focus.i === i);
-        ctx.fillStyle = focus && focus.i === i ? "#d9480f" : A.special[i] ? "#868e96" : "#343a40";
+        const ink = A.special[i] ? "#868e96" : starts.length ? segInk(A.segments[i]) : "#343a40";
+        ctx.fillStyle = focus && focus.i === i ? "#d9480f" : ink;
         ctx.textAlign = "right";
         ctx.fillText(tok, L.left - 4, L.top + (i + 0.5) * L.cell);
         // column label: key token i, written upwards
@@ -194,7 +210,7 @@
         ctx.translate(L.left + (i + 0.5) * L.cell, L.top - 4);
         ctx.rotate(-Math.PI / 2);
         ctx.font = strong(focus && focus.j === i);
-        ctx.fillStyle = focus && focus.j === i ? "#d9480f" : A.special[i] ? "#868e96" : "#343a40";
+        ctx.fillStyle = focus && focus.j === i ? "#d9480f" : ink;
         ctx.textAlign = "left";
         ctx.fillText(tok, 0, 0);
         ctx.restore();
@@ -210,6 +226,30 @@
       canvas.dataset.cell = L.cell;
       canvas.dataset.left = L.left;
       canvas.dataset.top = L.top;
+      if (starts.length) canvas.dataset.segmentStarts = starts.join(",");
+    }
+
+    function drawSegments(ctx, L) {
+      // a strip in each token's segment colour along both axes, and a line where the segments meet
+      const strip = 2;
+      for (let i = 0; i < n; i++) {
+        ctx.fillStyle = SEG_TINT[A.segments[i]] || "#ced4da";
+        ctx.fillRect(L.left - strip - 1, L.top + i * L.cell, strip, L.cell); // rows
+        ctx.fillRect(L.left + i * L.cell, L.top - strip - 1, L.cell, strip); // columns
+      }
+      for (const b of starts) {
+        const at = b * L.cell;
+        for (const [style, width] of [["rgba(255, 255, 255, 0.9)", 3], ["#212529", 1.5]]) {
+          ctx.strokeStyle = style; // a light edge keeps the dark line visible on dark cells
+          ctx.lineWidth = width;
+          ctx.beginPath();
+          ctx.moveTo(L.left + at, L.top - strip - 1);
+          ctx.lineTo(L.left + at, L.top + L.size);
+          ctx.moveTo(L.left - strip - 1, L.top + at);
+          ctx.lineTo(L.left + L.size, L.top + at);
+          ctx.stroke();
+        }
+      }
     }
 
     function drawAll() {
@@ -393,20 +433,42 @@
     const nodeLevel = new Map(T.nodes.map(([i, layer]) => [i, layer === null ? levels : levelOf.get(layer)]));
     const ctx = measureCtx("12px system-ui, sans-serif");
     const labelW = Math.min(120, Math.max(8, ...T.tokens.map((t) => ctx.measureText(shortLabel(t)).width)));
+    // a sentence pair: the segments sit apart (a gap of GAP token widths), each on a named band
+    const segs = T.segments || new Array(n).fill(0);
+    const starts = segmentStarts(segs);
+    const pair = starts.length > 0;
+    const GAP = 0.8;
+    const slots = n + GAP * starts.length;
+    const shift = (i) => GAP * starts.filter((b) => b <= i).length;
     const avail = Math.max(400, box.clientWidth - 60 - 20);
-    const dx = Math.max(16, Math.min(90, avail / n));
+    const dx = Math.max(16, Math.min(90, avail / slots));
     const rotate = labelW + 6 > dx;
     const labelH = rotate ? labelW * 0.82 + 14 : 22;
     const dy = Math.max(22, Math.min(40, 300 / (levels + 1)));
     const left = 60;
-    const top = 14;
+    const top = pair ? 30 : 14; // room for the segment names
     const yOf = (level) => top + (levels - level) * dy;
     const yTok = yOf(0) + 16;
-    const xOf = (i) => left + (i + 0.5) * dx;
-    const width = left + n * dx + 16;
+    const xOf = (i) => left + (i + shift(i) + 0.5) * dx;
+    const width = left + slots * dx + 16;
     const height = yTok + labelH + 4;
     const svg = el(box, "svg", { width, height, viewBox: "0 0 " + width + " " + height, role: "img" });
     el(svg, "title", {}, "attribution tree");
+    if (pair) {
+      const bounds = [0, ...starts, n];
+      for (let r = 0; r + 1 < bounds.length; r++) {
+        const s = segs[bounds[r]];
+        const x0 = xOf(bounds[r]) - 0.45 * dx;
+        const x1 = xOf(bounds[r + 1] - 1) + 0.45 * dx;
+        el(svg, "rect", { class: "band seg" + s, x: x0, y: 4, width: x1 - x0, height: height - 8, rx: 3 });
+        el(svg, "text", { class: "band-name seg" + s, x: (x0 + x1) / 2, y: 17, "text-anchor": "middle" }, segName(T.segment_names, s));
+      }
+      for (const b of starts) {
+        const x = (xOf(b - 1) + xOf(b)) / 2;
+        el(svg, "line", { class: "seg-boundary", x1: x, x2: x, y1: 4, y2: height - 4 });
+      }
+      box.dataset.segmentStarts = starts.join(",");
+    }
 
     for (let level = 0; level <= levels; level++) {
       const y = yOf(level);
@@ -417,7 +479,9 @@
       el(svg, "line", { class: "stem", x1: xOf(i), x2: xOf(i), y1: yOf(nodeLevel.get(i)), y2: yTok - 10 });
     }
     const thr = typeof T.threshold === "number" ? T.threshold : 0;
-    for (const [p, c, layer, score] of T.edges) {
+    const crossDirs = new Map(); // "1-0" -> class, for the legend
+    let crossCount = 0;
+    T.edges.forEach(([p, c, layer, score], k) => {
       const y = yOf(p === T.root ? levels : levelOf.get(layer));
       const yc = yOf(nodeLevel.get(c));
       const x1 = xOf(p);
@@ -428,21 +492,33 @@
         ? "M" + x1 + " " + y + " L" + x2 + " " + yc
         : "M" + x1 + " " + y + " Q" + (x1 + x2) / 2 + " " + (y - 2 * h) + " " + x2 + " " + yc;
       const w = isTop ? 1.5 : 1 + 3 * Math.max(0, Math.min(1, (score - thr) / Math.max(1e-9, 1 - thr)));
-      const path = el(svg, "path", { class: "edge-line" + (isTop ? " top" : ""), d, "stroke-width": w.toFixed(2) });
+      // an edge between ordinary tokens of different segments (the tree module's "cross" kind)
+      const cross = pair && !isTop && T.kinds && T.kinds[k] === "cross";
+      let cls = "edge-line" + (isTop ? " top" : "");
+      let crossText = "";
+      if (cross) {
+        const dir = segs[p] + "-" + segs[c];
+        const dcls = dir === "1-0" ? "d10" : dir === "0-1" ? "d01" : "dxx";
+        cls += " cross " + dcls;
+        crossDirs.set(dir, dcls);
+        crossCount++;
+        crossText = "; crosses " + segName(T.segment_names, segs[p]) + " → " + segName(T.segment_names, segs[c]);
+      }
+      const path = el(svg, "path", { class: cls, d, "stroke-width": w.toFixed(2) });
       path.dataset.parent = p;
       path.dataset.child = c;
       el(path, "title", {},
         isTop ? "root → top node " + T.tokens[c] + " (row sum " + fmt(score) + ")"
-          : "layer " + layer + ": " + T.tokens[p] + " #" + p + " takes from " + T.tokens[c] + " #" + c + ", score " + fmt(score));
+          : "layer " + layer + ": " + T.tokens[p] + " #" + p + " takes from " + T.tokens[c] + " #" + c + ", score " + fmt(score) + crossText);
       if (!isTop) el(svg, "circle", { cx: x1, cy: y, r: 2.2, fill: "#c92a2a" });
-    }
+    });
     for (const [i] of T.nodes) {
       const node = el(svg, "circle", { class: "node" + (i === T.root ? " root" : ""), cx: xOf(i), cy: yOf(nodeLevel.get(i)), r: 4.5 });
       node.dataset.index = i;
     }
     const inTree = new Set(T.nodes.map(([i]) => i));
     for (let i = 0; i < n; i++) {
-      const attrs = { class: inTree.has(i) ? "tok" : "tok out", x: xOf(i), y: yTok };
+      const attrs = { class: (inTree.has(i) ? "tok" : "tok out") + (pair ? " seg" + segs[i] : ""), x: xOf(i), y: yTok };
       if (rotate) {
         attrs["text-anchor"] = "end";
         attrs.transform = "rotate(-55 " + xOf(i) + " " + yTok + ")";
@@ -456,6 +532,44 @@
     }
     box.dataset.nodes = T.nodes.length;
     box.dataset.edges = T.edges.length;
+    if (pair) {
+      box.dataset.crossEdges = crossCount;
+      treeLegend(box, T, crossDirs);
+    }
+  }
+
+  function treeLegend(box, T, crossDirs) {
+    // the segments' names and the edge styles (the cross directions that were drawn)
+    const legend = document.createElement("div");
+    legend.className = "tree-legend";
+    legend.id = "tree-legend";
+    const sample = (cls) => {
+      const icon = document.createElementNS(SVG, "svg");
+      icon.setAttribute("width", 26);
+      icon.setAttribute("height", 10);
+      el(icon, "path", { class: cls, d: "M1 8 Q13 -2 25 8", "stroke-width": 2.2 });
+      return icon;
+    };
+    const entry = (icon, text) => {
+      const span = document.createElement("span");
+      span.className = "entry";
+      span.appendChild(icon);
+      span.appendChild(document.createTextNode(text));
+      legend.appendChild(span);
+    };
+    entry(sample("edge-line"), "edge within a segment, or to a special token");
+    const order = ["1-0", "0-1", ...Array.from(crossDirs.keys()).filter((d) => d !== "1-0" && d !== "0-1")];
+    for (const dir of order) {
+      if (!crossDirs.has(dir)) continue;
+      const [a, b] = dir.split("-").map(Number);
+      entry(sample("edge-line cross " + crossDirs.get(dir)), "crosses segments: " + segName(T.segment_names, a) + " → " + segName(T.segment_names, b));
+    }
+    if (!crossDirs.size) {
+      const none = document.createElement("span");
+      none.textContent = "no edge joins ordinary tokens of the two segments";
+      legend.appendChild(none);
+    }
+    box.appendChild(legend);
   }
 
   // ---- start ---------------------------------------------------------------------------------
