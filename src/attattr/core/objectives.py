@@ -126,6 +126,17 @@ class OwnHeadReadout(Readout):
         )
 
 
+def _base_hidden(model, inputs, hook) -> tuple[Hidden, Origins]:
+    """Run the decoder's base model (no key-value cache: it would keep every layer's keys alive):
+    the last hidden states of every row, and the example each row was forked from."""
+    base = model.base_model
+    base_inputs = _accepted(base, inputs)
+    if "use_cache" in inspect.signature(base.forward).parameters:
+        base_inputs["use_cache"] = False
+    hidden = _first(base(**base_inputs))  # [rows, seq, hidden]
+    return hidden, _origins(hook, inputs).to(hidden.device)
+
+
 class LastTokenReadout(Readout):
     """Decoder classifiers (Llama, Qwen, Mistral, Gemma, Phi-3, GPT-2 ... ForSequenceClassification):
     the base model runs, then each row's hidden state at its origin example's last token goes
@@ -134,12 +145,7 @@ class LastTokenReadout(Readout):
     `last_token_positions`)."""
 
     def __call__(self, model, inputs, hook) -> ModelOutputs:
-        base = model.base_model
-        base_inputs = _accepted(base, inputs)
-        if "use_cache" in inspect.signature(base.forward).parameters:
-            base_inputs["use_cache"] = False  # a cache would keep every layer's keys alive
-        hidden = _first(base(**base_inputs))  # [rows, seq, hidden]
-        origins = _origins(hook, inputs).to(hidden.device)
+        hidden, origins = _base_hidden(model, inputs, hook)  # [rows, seq, hidden], [rows]
         input_ids, mask = inputs["input_ids"], inputs.get("attention_mask")
         last = last_token_positions(input_ids, mask, _pad_token_id(model))  # [examples]
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last.to(hidden.device)[origins]]
@@ -152,12 +158,7 @@ class CausalLMReadout(Readout):
     objective applies the language-model head itself, at the positions it reads."""
 
     def __call__(self, model, inputs, hook) -> ModelOutputs:
-        base = model.base_model
-        base_inputs = _accepted(base, inputs)
-        if "use_cache" in inspect.signature(base.forward).parameters:
-            base_inputs["use_cache"] = False  # a cache would keep every layer's keys alive
-        hidden = _first(base(**base_inputs))  # [rows, seq, hidden]
-        origins = _origins(hook, inputs).to(hidden.device)
+        hidden, origins = _base_hidden(model, inputs, hook)  # [rows, seq, hidden], [rows]
         return ModelOutputs(
             model, origins, hidden, None, inputs.get("input_ids"), inputs.get("attention_mask")
         )
