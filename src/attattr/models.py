@@ -238,44 +238,26 @@ def base_encoder_dir() -> Path:
 def list_recipes(home: Path | None = None) -> list[dict[str, Any]]:
     """One row per recipe: name, dataset, description, built, path, manifest (or None) and its numbers."""
     rows = []
-    for name, recipe in RECIPES.items():
-        directory = recipe_dir(name, home)
-        built = is_built(name, home)
+    for recipe in [*RECIPES.values(), *CONVERTED.values()]:
+        directory = recipe_dir(recipe.name, home)
+        built = is_built(recipe.name, home)
         manifest = read_manifest(directory) if built else None
+        numbers = manifest or {}
+        trained = isinstance(recipe, Recipe)  # else converted from a GGUF file: no data, no training
         rows.append(
             {
-                "name": name,
-                "dataset": recipe.dataset,
+                "name": recipe.name,
+                "dataset": recipe.dataset if trained else None,
                 "description": recipe.description,
                 "built": built,
                 "path": str(directory),
-                "kind": CLASSIFIER,
-                "dev_accuracy": manifest.get("dev_accuracy") if manifest else None,
-                "training_seconds": manifest.get("training_seconds") if manifest else None,
-                "steps": manifest.get("steps") if manifest else None,
-                "partial": bool(manifest.get("max_steps")) if manifest else False,
+                "kind": CLASSIFIER if trained else recipe.kind,
+                "dev_accuracy": numbers.get("dev_accuracy") if trained else None,
+                # a converted model's conversion time, in the column of the training time
+                "training_seconds": numbers.get("training_seconds" if trained else "conversion_seconds"),
+                "steps": numbers.get("steps") if trained else None,
+                "partial": bool(numbers.get("max_steps")) if trained else False,
                 "expected_minutes": recipe.expected_minutes,
-                "manifest": manifest,
-            }
-        )
-    for name, converted in CONVERTED.items():
-        directory = recipe_dir(name, home)
-        built = is_built(name, home)
-        manifest = read_manifest(directory) if built else None
-        rows.append(
-            {
-                "name": name,
-                "dataset": None,
-                "description": converted.description,
-                "built": built,
-                "path": str(directory),
-                "kind": converted.kind,
-                "dev_accuracy": None,
-                # the conversion time, in the column the classifiers fill with their training time
-                "training_seconds": manifest.get("conversion_seconds") if manifest else None,
-                "steps": None,
-                "partial": False,
-                "expected_minutes": converted.expected_minutes,
                 "manifest": manifest,
             }
         )
