@@ -537,62 +537,40 @@ def _print_segment_split(split: dict[str, Any]) -> None:
     names = split.get("names")
     first, second = segment_name(0, names), segment_name(1, names)
 
-    def pct(x):
-        return "–" if x is None else f"{100 * x:.1f} %"
+    def share(count, fraction):
+        return f"{count} ({'–' if fraction is None else f'{100 * fraction:.0f}%'})"
 
     def dist(x):
         return "–" if x is None else f"{x:.2f}"
 
     table = Table(
-        title=f"tree edges of sentence pairs ({split['pair_examples']} pairs): within a segment, "
-        "across segments, touching a special token",
-        title_justify="left",
+        title=f"tree edges of sentence pairs ({split['pair_examples']} pairs)", title_justify="left"
     )
-    for name in (
-        "layer",
-        "edges",
-        "within",
-        "cross",
-        "special",
-        f"{second} → {first}",
-        f"{first} → {second}",
-        "|i − j| within",
-        "|i − j| cross",
-    ):
+    for name in ("layer", "edges", "within", "cross", "special", "|i − j| within", "|i − j| cross"):
         table.add_column(name, justify="right")
-    for row in split["per_layer"]:
-        f = row["fractions"]
+    rows = [(str(r["layer"]), r, r["fractions"], r["mean_distance"]) for r in split["per_layer"]]
+    overall = {**split["edges"], "edges": split["edges"]["total"]}
+    rf = split["receptive_field"]
+    rows.append(("all", overall, split["fractions"], {k: v["mean_distance"] for k, v in rf.items()}))
+    for layer, counts, fractions, distances in rows:
         table.add_row(
-            str(row["layer"]),
-            str(row["edges"]),
-            f"{row['within']} ({pct(f['within'])})",
-            f"{row['cross']} ({pct(f['cross'])})",
-            f"{row['special']} ({pct(f['special'])})",
-            str(row["pair_reads_text"]),
-            str(row["text_reads_pair"]),
-            dist(row["mean_distance"]["within"]),
-            dist(row["mean_distance"]["cross"]),
+            layer,
+            str(counts["edges"]),
+            *[share(counts[k], fractions[k]) for k in ("within", "cross", "special")],
+            dist(distances["within"]),
+            dist(distances["cross"]),
         )
-    e, f, rf = split["edges"], split["fractions"], split["receptive_field"]
-    table.add_row(
-        "all",
-        str(e["total"]),
-        f"{e['within']} ({pct(f['within'])})",
-        f"{e['cross']} ({pct(f['cross'])})",
-        f"{e['special']} ({pct(f['special'])})",
-        str(split["cross_direction"]["pair_reads_text"]),
-        str(split["cross_direction"]["text_reads_pair"]),
-        dist(rf["within"]["mean_distance"]),
-        dist(rf["cross"]["mean_distance"]),
-    )
     console.print(table)
+    ways = split["cross_direction"]
     notes = [
+        f"cross-segment edges: {second} → {first} {ways['pair_reads_text']}, "
+        f"{first} → {second} {ways['text_reads_pair']} (an edge {second} → {first}: a {second} token "
+        f"reads a {first} token); edges touching [CLS] or a separator count as special",
         f"{split['examples_with_cross_edge']} of {split['examples']} trees have a cross-segment edge",
-        f"an edge {second} → {first} means a {second} token reads a {first} token",
     ]
     if split["examples_without_segment_ids"]:
         notes.append(
             f"{split['examples_without_segment_ids']} records of an older run have no segment ids "
             "and are left out of this table"
         )
-    console.print("; ".join(notes), style="dim", markup=False)
+    console.print("; ".join(notes), markup=False)
