@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from attattr.render.report import Section, write_report
-from tests.unit.test_report import make_attribution, png_file
+from tests.unit.test_report import make_attribution, make_pair_attribution, png_file
 
 pytestmark = pytest.mark.browser
 
@@ -201,3 +201,75 @@ def test_screenshot_is_not_blank(browser, report, tmp_path):
         dtype=float,
     )
     assert grid.std() > 5
+
+
+PAIR_SPLIT = 9  # the pair text starts at token 9 of 16
+
+
+def _canvas_pixels(browser, canvas_id: str) -> np.ndarray:
+    from PIL import Image
+
+    shot = browser.find_element("id", canvas_id).screenshot_as_png
+    return np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"), dtype=int)
+
+
+def test_pair_segments_are_drawn_apart(browser, tmp_path):
+    """The same tensors as one segment and as a pair: inside the maps only the segment lines differ."""
+    pair = make_pair_attribution(n=TOKENS, split=PAIR_SPLIT, layers=LAYERS, heads=HEADS, seed=5)
+    single = make_pair_attribution(n=TOKENS, split=PAIR_SPLIT, layers=LAYERS, heads=HEADS, seed=5)
+    single.segment_ids = [0] * TOKENS
+    shots = {}
+    for name, attr in (("single", single), ("pair", pair)):
+        path = write_report(tmp_path / name, attribution=attr, segment_names=["premise", "hypothesis"])
+        _open(browser, path)
+        assert browser.execute_script("return attattrReport.errors") == [] and _severe_logs(browser) == []
+        canvas = browser.find_element("id", "attr-canvas")
+        starts = canvas.get_attribute("data-segment-starts")
+        assert starts == (str(PAIR_SPLIT) if name == "pair" else None)
+        layout = {k: float(canvas.get_attribute(f"data-{k}")) for k in ("cell", "left", "top")}
+        shots[name] = (layout, _canvas_pixels(browser, "attr-canvas"), _canvas_pixels(browser, "attn-canvas"))
+        if name == "single":
+            assert not browser.find_elements("css selector", ".seg-sep, .seg-legend, #tree-legend, .band")
+            continue
+        # chips: two tints, a visible bar between the segments, a legend with the names
+        sep = browser.find_element("css selector", "#tokens .seg-sep")
+        assert sep.is_displayed() and sep.size["height"] > 10
+        last0 = browser.find_element("css selector", f'#tokens [data-index="{PAIR_SPLIT - 1}"]')
+        first1 = browser.find_element("css selector", f'#tokens [data-index="{PAIR_SPLIT}"]')
+        assert last0.location["x"] < sep.location["x"] < first1.location["x"]
+
+        def tint(i: int) -> str:
+            chip = browser.find_element("css selector", f'#tokens [data-index="{i}"]')
+            return chip.value_of_css_property("background-color")
+
+        assert tint(2) == tint(3) != tint(PAIR_SPLIT + 1) == tint(PAIR_SPLIT + 2)
+        assert browser.find_element("id", "seg-legend").text.split() == ["premise", "hypothesis"]
+        # the tree: two named bands, the boundary, cross edges as the tree module classifies them
+        tree = pair.tree()
+        box = browser.find_element("id", "tree-box")
+        assert box.get_attribute("data-segment-starts") == str(PAIR_SPLIT)
+        names = [t.text for t in browser.find_elements("css selector", "#tree-box text.band-name")]
+        assert names == ["premise", "hypothesis"]
+        cross = sum(tree.edge_kind(e) == "cross" for e in tree.edges)
+        assert int(box.get_attribute("data-cross-edges")) == cross
+        assert len(browser.find_elements("css selector", "#tree-box path.edge-line.cross")) == cross
+        legend = browser.find_element("id", "tree-legend").text
+        assert ("crosses segments" in legend) == (cross > 0)
+
+    (layout, attr_single, attn_single), (layout_pair, attr_pair, attn_pair) = shots["single"], shots["pair"]
+    assert layout == layout_pair
+    cell, left, top = layout["cell"], layout["left"], layout["top"]
+    size = TOKENS * cell
+    line = left + PAIR_SPLIT * cell  # the boundary's x (columns) and, from the top, its y (rows)
+    line_y = top + PAIR_SPLIT * cell
+    for single_px, pair_px in ((attr_single, attr_pair), (attn_single, attn_pair)):
+        inner = (slice(int(top) + 1, int(top + size) - 1), slice(int(left) + 1, int(left + size) - 1))
+        diff = np.abs(single_px[inner] - pair_px[inner]).sum(axis=2) > 30
+        ys, xs = np.nonzero(diff)
+        near = (np.abs(xs + inner[1].start - line) <= 2.5) | (np.abs(ys + inner[0].start - line_y) <= 2.5)
+        assert near.all(), "pixels away from the segment lines changed"
+        # the column line: dark grey pixels down (almost) the whole height of the map
+        col = pair_px[inner[0], int(line) - 2 : int(line) + 3]
+        darkest = col.min(axis=1)
+        grey = col.max(axis=2).min(axis=1) < 90
+        assert grey.mean() > 0.9 and darkest.max() < 90
