@@ -19,6 +19,9 @@ _STATE: dict = {"layer": None, "calls": 0, "record": None, "inject": None, "leaf
 
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     # query/key/value: [batch, heads, n, head_dim]; eager attention, with one layer replaced on request
+    if key.shape[1] != query.shape[1]:  # grouped-query attention: each key/value head serves a group
+        group = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
     scores = torch.matmul(query, key.transpose(2, 3)) * (scaling or query.size(-1) ** -0.5)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
@@ -45,11 +48,19 @@ def right_riemann(m: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def paper_attribution(
-    model, inputs: dict, *, target: int | None = None, alphas=None, weights=None, steps: int = 20
+    model,
+    inputs: dict,
+    *,
+    target: int | None = None,
+    alphas=None,
+    weights=None,
+    steps: int = 20,
+    objective=None,
 ) -> torch.Tensor:
     """Scores [layers, heads, n, n] of one example (`inputs`: tokenizer output, batch of 1)
-    for F = the probability of class `target` (default: the predicted class). Right Riemann sum
-    with `steps` unless alphas/weights are given."""
+    for F = the probability of class `target` (default: the predicted class), or for
+    F = `objective(logits)` (logits of the m copies -> [m]; e.g. a decoder's logit difference at the
+    last position). Right Riemann sum with `steps` unless alphas/weights are given."""
     if alphas is None:
         alphas, weights = right_riemann(steps)
     m = len(alphas)
@@ -57,7 +68,7 @@ def paper_attribution(
     model.set_attn_implementation(NAME)
     try:
         _STATE.update(layer=None, calls=0, inject=None)
-        if target is None:
+        if target is None and objective is None:
             with torch.no_grad():
                 target = int(model(**inputs).logits[0].argmax())
         batch = {k: v.repeat(m, *([1] * (v.dim() - 1))) for k, v in inputs.items()}
@@ -71,8 +82,9 @@ def paper_attribution(
             att = _STATE["record"]  # [1, heads, n, n]
             leaf = (alpha * att).requires_grad_(True)  # [m, heads, n, n]
             _STATE.update(calls=0, inject=leaf)
-            probs = torch.softmax(model(**batch).logits, dim=-1)[:, target]  # [m]
-            (grad,) = torch.autograd.grad(probs.sum(), leaf)
+            logits = model(**batch).logits
+            values = objective(logits) if objective else torch.softmax(logits, dim=-1)[:, target]  # [m]
+            (grad,) = torch.autograd.grad(values.sum(), leaf)
             layers.append(att[0] * (grad * weight).sum(0))
         return torch.stack(layers)
     finally:

@@ -375,6 +375,13 @@ def analyse(suite) -> dict:
             }
         )
 
+    paper_scores, rule_scores = _load(suite.path("smollm2-paper")), _load(suite.path("smollm2-rule"))
+    if paper_scores is not None and rule_scores is not None:
+        res["smollm2_rule_vs_paper"] = {
+            "max_diff": float((paper_scores - rule_scores).abs().max()),
+            "largest_score": float(paper_scores.abs().max()),
+        }
+
     bf16 = cfgs.get("bf16")
     if bf16 and not bf16.get("failed") and not bf16.get("skipped"):
         flat = [
@@ -529,6 +536,34 @@ def markdown(res: dict) -> str:
                 f"{rel_gap(p['paper_gaps'], p['layer_deltas']):.1e} | {rel_gap(p['default_gaps'], p['layer_deltas']):.1e} | "
                 f"{p['default_seconds']:.0f} s / {p['paper_seconds']:.0f} s |"
             )
+    scale = [(k, v) for k, v in res["configs"].items() if k.startswith("smollm2-") and not v.get("failed")]
+    if scale:
+        lines += [
+            "",
+            '## SmolLM2-135M at 20, 128 and 512 tokens (F = logit(" Mary") - logit(" John"))',
+            "",
+            "The paper's algorithm (each layer's m scaled copies through the whole model) and attattr with the "
+            "paper's rule on the 20-token prompt, then attattr with two Gauss-Legendre nodes per layer (the rule of "
+            "docs/decoders.md's dataset runs) at each length. Peak resident memory of the configuration's own "
+            "process; in brackets above the loaded model.",
+            "",
+            "| configuration | tokens | nodes per layer | time | peak RSS (above setup) | max completeness gap |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, r in scale:
+            gaps = r.get("completeness_gaps")
+            lines.append(
+                f"| {name} | {r['tokens']} | {r.get('rule', '-')} {r.get('nodes', '-')} | {r['times'][0]:.1f} s | "
+                f"{r['rss_peak'] / 2**20:.0f} MB ({(r['rss_peak'] - r['rss_setup']) / 2**20:.0f} MB) | "
+                f"{_fmt(max(abs(g) for g in gaps) if gaps else None, '.2f')} |"
+            )
+        both = res.get("smollm2_rule_vs_paper")
+        if both:
+            lines += [
+                "",
+                f"attattr with the paper's rule against the paper's algorithm on the 20-token prompt: max |diff| "
+                f"{both['max_diff']:.1e} (largest score {both['largest_score']:.2f}).",
+            ]
     notes = []
     bf16 = res["configs"].get("bf16")
     if bf16 and bf16.get("skipped"):

@@ -1,7 +1,8 @@
 """The benchmark suite (`make bench`): attattr's engine against the paper's algorithm and Captum.
 
     python benchmarks/run.py                 # everything, about 18 minutes on 2 idle cores
-    python benchmarks/run.py --only w1,w3    # a subset (sections: peak, nodes, bf16, w1, w2, w3)
+    python benchmarks/run.py --only w1,w3    # a subset (sections: peak, nodes, bf16, w1, w2, w3,
+                                             # smollm2, smollm2-scale)
     python benchmarks/run.py --quick         # a smoke run with small sizes (a minute or two)
 
 Every configuration runs in a fresh subprocess (its peak resident memory is its own) and writes
@@ -27,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-SECTIONS = ("peak", "nodes", "bf16", "w1", "w2", "w3", "smollm2")
+SECTIONS = ("peak", "nodes", "bf16", "w1", "w2", "w3", "smollm2", "smollm2-scale")
 # CPU flags the table records: which vector and matrix units the bf16/fp32 kernels can use
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
 TOLS = (3e-2, 1e-2, 3e-3)  # the node study's tolerances for the default mode
@@ -371,6 +372,63 @@ def task_smollm2(cfg: dict) -> dict:
     return out
 
 
+def _smollm2_prompt(tok, tokens: int):
+    """An IOI prompt of about `tokens` tokens: earlier IOI sentences as context, the demo sentence
+    last (target " Mary", foil " John"), so that F means the same at every length."""
+    from attattr.prompts import generate_ioi
+
+    last = "When Mary and John went to the store, John gave a drink to"
+    context = " ".join(p.prompt + p.target + "." for p in generate_ioi(200).examples)
+    room = tokens - len(tok(last)["input_ids"])
+    if room <= 0:
+        return last
+    ids = tok(context)["input_ids"][:room]
+    return tok.decode(ids).strip() + " " + last
+
+
+def task_smollm2_scale(cfg: dict) -> dict:
+    """SmolLM2-135M at `tokens` tokens, F = logit(" Mary") - logit(" John") at the last position:
+    the paper's algorithm (`method` "paper") or attattr with `options`; time and peak memory."""
+    import torch
+
+    import attattr
+    from attattr.models import load
+
+    loaded = load("smollm2", quiet=True)
+    model, tok = loaded.model, loaded.tokenizer
+    text = _smollm2_prompt(tok, cfg["tokens"])
+    target, foil = (tok(w, add_special_tokens=False)["input_ids"][0] for w in (" Mary", " John"))
+    if cfg["method"] == "engine":  # one-off costs (finding the layer modules) are not timed
+        attattr.attribute(model, tok, "a warm up", rule="gauss-legendre", steps=1)
+    rss_setup = _rss_now()
+    t0 = time.perf_counter()
+    record: dict = {}
+    if cfg["method"] == "paper":
+        from paper_baseline import paper_attribution
+
+        inputs = dict(tok(text, return_tensors="pt"))
+        scores = paper_attribution(
+            model,
+            inputs,
+            steps=cfg["steps"],
+            objective=lambda logits: logits[:, -1, target] - logits[:, -1, foil],  # [m]
+        )
+        n = inputs["input_ids"].shape[1]
+        record.update(nodes=cfg["steps"], rule="riemann-right")
+    else:
+        attr = attattr.attribute(
+            model, tok, text, target=" Mary", foil=" John", output="logit-diff", **cfg["options"]
+        )
+        scores, n = attr.scores, len(attr.tokens)
+        record.update(_integration(attr))
+        record["completeness_gaps"] = attr.completeness_gaps().tolist()
+    seconds = time.perf_counter() - t0
+    _log(f"{cfg['name']}: {n} tokens, {seconds:.1f} s")
+    if cfg.get("save"):
+        torch.save(scores, cfg["save"])
+    return {**record, "times": [seconds], "tokens": n, "rss_setup": rss_setup, "rss_peak": _rss_peak()}
+
+
 TASKS = {
     "peak": task_peak,
     "w1": task_w1,
@@ -378,6 +436,7 @@ TASKS = {
     "nodes": task_nodes,
     "bf16": task_bf16,
     "smollm2": task_smollm2,
+    "smollm2-scale": task_smollm2_scale,
 }
 
 
@@ -715,6 +774,38 @@ def main() -> None:
 
     if "smollm2" in sections:
         suite.run("smollm2", "smollm2", prompts=args.smollm2_prompts)
+
+    if "smollm2-scale" in sections:
+        # the paper's algorithm and attattr with the paper's rule on the 20-token prompt (same numbers),
+        # then time and memory at 20, 128 and 512 tokens with two Gauss-Legendre nodes per layer (the
+        # error-controlled default spends hundreds of nodes on SmolLM2's rough layers 0-1: see the
+        # SmolLM2 section; two nodes are what docs/decoders.md's dataset runs use)
+        short = 10 if args.quick else 20
+        paper_rule = {"rule": "riemann-right", "steps": 20}
+        suite.run(
+            "smollm2-paper",
+            "smollm2-scale",
+            tokens=short,
+            method="paper",
+            steps=20,
+            save=suite.path("smollm2-paper"),
+        )
+        suite.run(
+            "smollm2-rule",
+            "smollm2-scale",
+            tokens=short,
+            method="engine",
+            options=paper_rule,
+            save=suite.path("smollm2-rule"),
+        )
+        for tokens in (short, 128, 512) if not args.quick else (short, 32):
+            suite.run(
+                f"smollm2-gl2-{tokens}",
+                "smollm2-scale",
+                tokens=tokens,
+                method="engine",
+                options={"rule": "gauss-legendre", "steps": 2},
+            )
 
     if "peak" in sections and not args.quick:  # again at the end: the best of both is the peak
         for dtype in ("float32", "bfloat16"):
