@@ -7,8 +7,9 @@ tiny_tok                a BERT WordPiece tokenizer over a ~100-entry vocabulary 
 make_tiny_model         factory `make_tiny_model(arch="bert", *, layers=3, heads=4, num_labels=2,
                         seed=0, init=0.02)` for seeded random sequence classifiers of each
                         architecture in `TINY_ARCHITECTURES` (bert, roberta, distilbert, electra,
-                        albert) over tiny_tok's vocabulary: hidden 32, no dropout, eager attention,
-                        eval mode, built in milliseconds.
+                        albert, xlm-roberta, modernbert) over tiny_tok's vocabulary: hidden 32, no
+                        dropout, eager attention, eval mode, built in milliseconds. ModernBERT has
+                        a local window of MODERNBERT_WINDOW tokens (layer 1) and mean pooling.
 tiny_bert               make_tiny_model("bert").
 save_tiny_model         factory `save_tiny_model(path, arch="bert", **kw) -> path`: a tiny classifier
                         and the tiny tokenizer saved as a Hugging Face directory (for `models.load`
@@ -37,7 +38,10 @@ import pytest
 import torch
 import transformers as tf
 
-TINY_ARCHITECTURES = ("bert", "roberta", "distilbert", "electra", "albert")
+TINY_ARCHITECTURES = ("bert", "roberta", "distilbert", "electra", "albert", "xlm-roberta", "modernbert")
+# ModernBERT's local layers see |i - j| <= MODERNBERT_WINDOW // 2 (2 tokens each side): shorter than
+# the test inputs, so the sliding window changes the numbers
+MODERNBERT_WINDOW = 4
 TINY_WORDS = (
     "the a an cat dog sat ran on mat with and down again of film movie good bad very not is it "
     "was great awful fun dull plot acting but this that so too"
@@ -100,6 +104,10 @@ def build_tiny_model(
         model = tf.RobertaForSequenceClassification(
             tf.RobertaConfig(**common, type_vocab_size=2, pad_token_id=0)
         )
+    elif arch == "xlm-roberta":
+        model = tf.XLMRobertaForSequenceClassification(
+            tf.XLMRobertaConfig(**common, type_vocab_size=2, pad_token_id=0)
+        )
     elif arch == "electra":
         model = tf.ElectraForSequenceClassification(tf.ElectraConfig(**common, embedding_size=16))
     elif arch == "albert":
@@ -118,6 +126,28 @@ def build_tiny_model(
             initializer_range=init,
         )
         model = tf.DistilBertForSequenceClassification(config)
+    elif arch == "modernbert":
+        # RoPE, layers 0 and 2 global and layer 1 local (sliding window), mean pooling as the
+        # released ModernBERT checkpoints use; no token_type_ids
+        config = tf.ModernBertConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            num_labels=num_labels,
+            initializer_range=init,
+            local_attention=MODERNBERT_WINDOW,
+            global_attn_every_n_layers=2,
+            classifier_pooling="mean",
+            pad_token_id=0,
+            cls_token_id=2,
+            sep_token_id=3,
+            bos_token_id=2,
+            eos_token_id=3,
+        )
+        model = tf.ModernBertForSequenceClassification(config)
     else:
         raise ValueError(f"unknown tiny architecture {arch!r}; choose from {TINY_ARCHITECTURES}")
     model.set_attn_implementation("eager")

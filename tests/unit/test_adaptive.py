@@ -92,7 +92,7 @@ def test_levels_reuse_the_nodes_below():
 
 
 # ---- the estimate bounds the error --------------------------------------------------------------
-@pytest.mark.parametrize("arch", ["bert", "roberta", "electra", "albert"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "electra", "albert", "xlm-roberta", "modernbert"])
 @pytest.mark.parametrize("tol", [DEFAULT_TOL, 1e-3])
 def test_recorded_estimate_bounds_the_true_error_of_every_layer(arch, tol):
     """Against a 64-node Gauss-Legendre reference, itself converged: it agrees with 48 nodes."""

@@ -26,7 +26,8 @@ def bert():
 def test_hook_without_injection_matches_eager_logits(arch):
     model, tok = tiny_model(arch, init=0.2), tiny_tokenizer()
     enc = tok(["the cat sat on a mat", "a dog"], padding=True, return_tensors="pt")
-    inputs = {k: v for k, v in enc.items() if not (arch == "distilbert" and k == "token_type_ids")}
+    untyped = arch in ("distilbert", "modernbert")  # neither takes token_type_ids
+    inputs = {k: v for k, v in enc.items() if not (untyped and k == "token_type_ids")}
     with torch.no_grad():
         eager = model(**inputs).logits
         with AttentionHook(model, record=True) as hook:

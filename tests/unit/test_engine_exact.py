@@ -1,7 +1,8 @@
 """The engine against a deliberately plain reference: for each example alone, each layer and each
 integration step, one full forward pass with that layer's attention replaced by alpha * A.
 
-Encoders (the five tiny architectures) and decoder classifiers (Llama and Qwen2 with grouped-query
+Encoders (the seven tiny architectures; ModernBERT with rotary positions, a local sliding-window layer
+between global ones and mean pooling) and decoder classifiers (Llama and Qwen2 with grouped-query
 attention, whose head pools the last non-padding token of each input)."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import attattr
 from attattr.core.encoding import model_inputs, predict
 from attattr.core.quadrature import rule as quadrature_rule
 
+from ..conftest import MODERNBERT_WINDOW
 from ..tiny import ARCHITECTURES, tiny_model, tiny_tokenizer
 
 _REF = {"layer": None, "alpha": 1.0, "calls": 0, "A": None, "leaf": None}
@@ -86,6 +88,13 @@ def reference_attribution(model, tokenizer, text, pair, rule, steps, output="pro
         model.set_attn_implementation("eager")
 
 
+def assert_matches(scores: torch.Tensor, ref: torch.Tensor) -> None:
+    """Equal to the reference to 1e-5, and to 1e-4 of its largest entry: at the default init the
+    scores of a tiny model are ~1e-5, where an absolute tolerance alone would accept zeros."""
+    torch.testing.assert_close(scores, ref, atol=1e-5, rtol=0)
+    assert float((scores - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_matches_plain_reference_single_and_pair(arch):
     model, tok = tiny_model(arch), tiny_tokenizer()
@@ -94,12 +103,12 @@ def test_matches_plain_reference_single_and_pair(arch):
         got = attattr.attribute(model, tok, text, pair, steps=5)
         assert got.target == target
         assert got.scores.shape == ref.shape
-        torch.testing.assert_close(got.scores, ref, atol=1e-5, rtol=0)
+        assert_matches(got.scores, ref)
         assert got.output_value == pytest.approx(f_full, abs=1e-6)
         assert got.baseline_values == pytest.approx(baselines, abs=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["bert", "distilbert", "albert"])
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "albert", "xlm-roberta", "modernbert"])
 def test_batched_examples_of_different_lengths_match(arch):
     model, tok = tiny_model(arch), tiny_tokenizer()
     examples = [("a b c", None), ("the cat sat on a mat with a dog", None), ("dog", "the mat and the cat")]
@@ -107,7 +116,7 @@ def test_batched_examples_of_different_lengths_match(arch):
     assert [g.text for g in got] == [e[0] for e in examples]  # input order kept
     for (text, pair), g in zip(examples, got, strict=True):
         ref, target, _, _ = reference_attribution(model, tok, text, pair, "gauss-legendre", 4)
-        torch.testing.assert_close(g.scores, ref, atol=1e-5, rtol=0)
+        assert_matches(g.scores, ref)
 
 
 def test_small_memory_budget_splits_passes_without_changing_numbers():
@@ -125,13 +134,61 @@ def test_other_outputs_match_reference(output):
     torch.testing.assert_close(got.scores, ref, atol=1e-5, rtol=0)
 
 
-def test_gauss_legendre_32_nodes_closes_completeness():
-    model, tok = tiny_model("bert", init=0.2), tiny_tokenizer()
+@pytest.mark.parametrize("arch", ["bert", "xlm-roberta", "modernbert"])
+def test_gauss_legendre_32_nodes_closes_completeness(arch):
+    model, tok = tiny_model(arch, init=0.2), tiny_tokenizer()
     got = attattr.attribute(model, tok, "the cat sat on the mat", rule="gauss-legendre", steps=32)
     assert got.completeness_gaps().abs().max() < 1e-4
     # a coarse rule leaves a visible gap: the check above is not vacuous
     coarse = attattr.attribute(model, tok, "the cat sat on the mat", rule="riemann-left", steps=2)
     assert coarse.completeness_gaps().abs().max() > 1e-4
+
+
+# ---- ModernBERT: local and global layers, its two pooling heads ----------------------------------
+def modernbert_variant(model, **changes):
+    """The same weights under a changed config (window, pooling)."""
+    config = copy.deepcopy(model.config)
+    for name, value in changes.items():
+        setattr(config, name, value)
+    other = tf.ModernBertForSequenceClassification(config)
+    other.load_state_dict(model.state_dict())
+    other.set_attn_implementation("eager")
+    return other.eval()
+
+
+def test_modernbert_local_layer_sees_only_its_window():
+    model, tok = tiny_model("modernbert", init=0.2), tiny_tokenizer()
+    assert model.config.layer_types == ["full_attention", "sliding_attention", "full_attention"]
+    got = attattr.attribute(model, tok, "the cat sat on a mat with a dog", steps=3)
+    n = len(got.tokens)
+    distance = (torch.arange(n)[:, None] - torch.arange(n)[None, :]).abs()  # [query, key]
+    far = distance > MODERNBERT_WINDOW // 2
+    assert n > MODERNBERT_WINDOW and bool(far.any())
+    assert torch.equal(got.scores[1][:, far], torch.zeros_like(got.scores[1][:, far]))
+    for layer in (0, 2):  # the global layers attend, and are attributed, across the whole input
+        assert bool((got.scores[layer][:, far] != 0).all())
+
+
+@pytest.mark.parametrize("changes", [{"classifier_pooling": "cls"}, {"local_attention": 128}])
+def test_modernbert_cls_pooling_and_a_window_wider_than_the_input_match_reference(changes):
+    """CLS pooling goes through the model's own head; a window wider than the input makes
+    transformers build no mask at all for the local layer, so the window is never applied."""
+    base = tiny_model("modernbert", init=0.2)
+    model, tok = modernbert_variant(base, **changes), tiny_tokenizer()
+    examples = [("the cat sat on a mat with a dog", None), ("a dog ran", "the cat sat down again")]
+    for text, pair in examples:
+        ref, target, baselines, f_full = reference_attribution(model, tok, text, pair, "riemann-right", 4)
+        got = attattr.attribute(model, tok, text, pair, steps=4)
+        assert got.target == target
+        assert_matches(got.scores, ref)
+        assert got.output_value == pytest.approx(f_full, abs=1e-6)
+        assert got.baseline_values == pytest.approx(baselines, abs=1e-6)
+    batch = list(attattr.attribute_many(model, tok, [*examples, ("dog", None)], steps=3, batch_size=3))
+    for (text, pair), g in zip(examples, batch[:2], strict=True):
+        ref, _, _, _ = reference_attribution(model, tok, text, pair, "riemann-right", 3)
+        assert_matches(g.scores, ref)
+    # the change made a difference: not the same numbers as the tiny model itself
+    assert not torch.allclose(batch[0].scores, attattr.attribute(base, tok, examples[0][0], steps=3).scores)
 
 
 def test_layer_subset_and_hook_restores_eager():

@@ -58,14 +58,15 @@ NOT_ON_INTERFACE = {
 }
 
 # Keyword arguments the attention function accepts although it does not use them, and why that is
-# exact. Checked for transformers 5 on BERT, RoBERTa, DistilBERT, ELECTRA, ALBERT, Llama, Qwen2,
-# Qwen3, Mistral, GPT-2, Gemma, Gemma-3 and Phi-3.
+# exact. Checked for transformers 5 on BERT, RoBERTa, DistilBERT, ELECTRA, ALBERT, XLM-R, ModernBERT,
+# Llama, Qwen2, Qwen3, Mistral, GPT-2, Gemma, Gemma-3 and Phi-3.
 IGNORED_ARGUMENTS = {
     "position_ids": "positions are already in the query and key (rotary) or the embeddings",
     "use_cache": "the cache is updated by the attention module before the call",
     "output_attentions": "the probabilities are always returned",
     "encoder_hidden_states": "cross-attention keys and values arrive already projected",
     "output_router_logits": "a mixture-of-experts flag (gpt-oss) passed along with the layer's arguments",
+    "deterministic": "flash-attention's determinism switch (ModernBERT); eager-style attention is deterministic",
 }
 # Arguments that change the result and that this function does not implement: refused unless None.
 NOT_IMPLEMENTED = {

@@ -153,6 +153,32 @@ class LastTokenReadout(Readout):
         return ModelOutputs(model, origins, hidden, logits.float(), input_ids, mask)
 
 
+class MeanPoolReadout(Readout):
+    """ModernBERT classifiers with `classifier_pooling="mean"` (the released checkpoints' setting):
+    transformers averages the last hidden states over the input batch's attention mask, one row per
+    input, which does not fit the forked rows. The base model runs, each row is averaged over its
+    origin example's mask, then the model's own head, dropout and classifier apply, as in its forward."""
+
+    def __call__(self, model, inputs, hook) -> ModelOutputs:
+        hidden, origins = _base_hidden(model, inputs, hook)  # [rows, seq, hidden], [rows]
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(inputs["input_ids"].shape, dtype=torch.long, device=hidden.device)
+        rows_mask = mask.to(hidden.device)[origins]  # [rows, seq]
+        pooled = (hidden * rows_mask.unsqueeze(-1)).sum(dim=1) / rows_mask.sum(dim=1, keepdim=True)
+        logits = model.classifier(model.drop(model.head(pooled)))  # [rows, classes]
+        return ModelOutputs(model, origins, hidden, logits.float(), inputs.get("input_ids"), mask)
+
+
+def is_mean_pooling_modernbert(model: nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    return (
+        getattr(config, "model_type", None) == "modernbert"
+        and getattr(config, "classifier_pooling", None) == "mean"
+        and all(isinstance(getattr(model, name, None), nn.Module) for name in ("head", "drop", "classifier"))
+    )
+
+
 class CausalLMReadout(Readout):
     """Causal LMs: the base model runs and every row's last hidden states are returned; the
     objective applies the language-model head itself, at the positions it reads."""
@@ -170,6 +196,8 @@ def readout_for(model: nn.Module) -> Readout:
         return LastTokenReadout()
     if is_causal_lm(model):
         return CausalLMReadout()
+    if is_mean_pooling_modernbert(model):
+        return MeanPoolReadout()
     return OwnHeadReadout()
 
 
