@@ -179,7 +179,11 @@ CASES = [
     # options checked before the model is loaded
     (["explain", TEXT, "--model", "{nowhere}", "--steps", "0"], 2, "steps must be an integer >= 1"),
     (["explain", TEXT, "--model", "{nowhere}", "--rule", "simpson"], 2, "unknown integration rule 'simpson'"),
-    (["tree", TEXT, "--model", "{nowhere}", "--steps", "0"], 2, "--steps must be an integer >= 1, got 0"),
+    (
+        ["tree", TEXT, "--model", "{nowhere}", "--steps", "0"],
+        2,
+        "--steps must be an integer >= 1 or 'auto', got '0'",
+    ),
 ]
 
 

@@ -631,7 +631,7 @@ def test_cli_runs_with_other_settings_coexist_and_rejected_commands_write_nothin
     base = ["heads", "importance", "--model", model_a, "--data", csv, "--examples", 3, "--steps", 2]
     base += ["--batch-size", 2, "--out", out]
     for extra, message in (
-        (["--steps", 0], "steps must be an integer >= 1, got 0"),
+        (["--steps", 0], "steps must be an integer >= 1 or 'auto', got '0'"),
         (["--rule", "bogus"], "unknown integration rule 'bogus'"),
         (["--batch-size", 0], "batch size must be an integer >= 1"),
         (["--method", "bogus"], "unknown method 'bogus'"),

@@ -728,7 +728,7 @@ def test_cli_mine_bad_options_write_nothing(tmp_path, run_cli):
     out = tmp_path / "p.jsonl"
     for args, message in [
         (("--rule", "bogus"), "unknown integration rule 'bogus'; choose one of:"),
-        (("--steps", 0), "--steps must be >= 1, got 0"),
+        (("--steps", 0), "--steps must be an integer >= 1 or 'auto', got '0'"),
         (("--batch-size", 0), "--batch-size must be >= 1, got 0"),
         (("--order", "last"), "--order must be one of random, first, got 'last'"),
         (("--examples", 0), "--examples must be >= 1, got 0"),

@@ -5,13 +5,15 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 
 from ..core.errors import InputError
 from ..core.files import to_json
 from ..core.progress import progress_display
+from ..core.quadrature import DEFAULT_STEPS, DEFAULT_TOL, PRESETS, integration_settings
 
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -41,6 +43,128 @@ def check_at_least(option: str, value: int | None, low: int = 1) -> None:
 def data_columns(text_column: str, pair_column: str | None, label_column: str) -> dict[str, str | None]:
     """The column options of a data file, as `attattr.data.load_dataset` takes them."""
     return {"text_column": text_column, "pair_column": pair_column, "label_column": label_column}
+
+
+# ---- integration options, shared by every command that computes attributions ---------------------
+StepsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--steps",
+        help="'auto' (the default: error-controlled, see --tol) or a number of nodes of a fixed --rule "
+        "(right Riemann when no rule is named).",
+    ),
+]
+RuleOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rule",
+        help=f"A fixed rule (with {DEFAULT_STEPS} --steps unless given): riemann-right|riemann-left|riemann-mid|"
+        "trapezoid|gauss-legendre.",
+    ),
+]
+TolOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--tol", help=f"Error-controlled mode: relative error per layer to reach (default {DEFAULT_TOL:g})."
+    ),
+]
+PaperOpt = Annotated[
+    bool,
+    typer.Option(
+        "--paper", help="The paper's rule exactly: right Riemann, 20 steps, fp32 (= --preset paper)."
+    ),
+]
+PresetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--preset",
+        help=f"{' or '.join(PRESETS)}: 'authors' is the authors' released code (left Riemann; 64 steps for "
+        "single examples and triggers, 20 for head importance).",
+    ),
+]
+
+
+def parse_steps(steps: str | None) -> int | str | None:
+    """--steps as the engine takes it: None, 'auto' or an integer >= 1 (InputError otherwise)."""
+    if steps is None or steps == "auto":
+        return steps
+    try:
+        value = int(steps)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InputError(f"--steps must be an integer >= 1 or 'auto', got {steps!r}")
+    return value
+
+
+def preset_name(paper: bool, preset: str | None) -> str | None:
+    """--paper / --preset as one preset name (None: no preset); InputError when they disagree."""
+    if paper and preset not in (None, "paper"):
+        raise InputError(f"--paper and --preset {preset} contradict each other; give one")
+    if preset is not None and preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    return "paper" if paper else preset
+
+
+def integration_options(
+    steps: str | None,
+    rule: str | None,
+    tol: float | None,
+    paper: bool,
+    preset: str | None,
+    *,
+    analysis: str,
+    fast: bool = False,
+) -> dict[str, Any]:
+    """A dataset command's integration options resolved for its `analysis` ("example", "triggers"
+    or "pruning"): {"steps", "rule", "dtype", and "tol" in the error-controlled mode}
+    (`quadrature.integration_settings`), checked before any work."""
+    return integration_settings(
+        steps=parse_steps(steps),
+        rule=rule,
+        tol=tol,
+        preset=preset_name(paper, preset),
+        fast=fast,
+        analysis=analysis,
+    )
+
+
+def integration_text(integration: dict[str, Any]) -> str:
+    """One line on how a dataset run integrates, for its summary."""
+    if integration.get("steps") == "auto":
+        dtype = integration.get("dtype")
+        return f"error-controlled to tol {integration['tol']:g}" + (f", dtype {dtype}" if dtype else "")
+    return f"{integration['rule']}, {integration['steps']} steps"
+
+
+def warn_unconverged(attr, advice: str) -> None:
+    """Say which layers of one attribution missed tol within the budget: their scores are less
+    accurate than asked."""
+    missed = [r for r in attr.integration or [] if r.get("converged") is False]
+    if not missed:
+        return
+    shown = ", ".join(
+        f"{r['layer']} ({'-' if r['error_estimate'] is None else format(r['error_estimate'], '.1e')})"
+        for r in missed
+    )
+    warn(
+        f"{len(missed)} layer(s) did not reach tol {attr.tol:g} within the work budget: layer (error estimate) "
+        f"{shown}; {advice} (recorded in meta.json)"
+    )
+
+
+def warn_unconverged_examples(summary: dict[str, Any] | None, where: str) -> None:
+    """Say which examples had layers that missed tol within the work budget (never silently)."""
+    missed = (summary or {}).get("unconverged") or []
+    if not missed:
+        return
+    shown = "; ".join(f"{m['id']} (layers {', '.join(map(str, m['layers']))})" for m in missed[:5])
+    more = f" and {len(missed) - 5} more" if len(missed) > 5 else ""
+    warn(
+        f"{len(missed)} of {summary['examples']} examples have layers that did not reach tol "
+        f"{summary['tol']:g} within the work budget: {shown}{more}; their scores are less accurate than "
+        f"asked (listed in {where})"
+    )
 
 
 def check_text(text: str | None, what: str = "text") -> str | None:

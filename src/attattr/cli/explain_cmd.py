@@ -9,9 +9,24 @@ import typer
 from rich.table import Table
 
 from ..core.errors import InputError
-from ..core.quadrature import DEFAULT_MAX_SUBINTERVALS, DEFAULT_STEPS, DEFAULT_TOL, PRESETS
+from ..core.quadrature import DEFAULT_MAX_SUBINTERVALS
 from .app import app
-from .common import check_out_dir, check_text, console, err_console, print_json, warn
+from .common import (
+    PaperOpt,
+    PresetOpt,
+    RuleOpt,
+    StepsOpt,
+    TolOpt,
+    check_out_dir,
+    check_text,
+    console,
+    err_console,
+    parse_steps,
+    preset_name,
+    print_json,
+    warn,
+    warn_unconverged,
+)
 
 EXAMPLE = 'attattr explain "a gorgeous, witty and deeply moving film" --out out/'
 LLM_EXAMPLE = (
@@ -32,18 +47,6 @@ def parse_target(target: str, label_names: list[str] | None) -> str | int:
     raise InputError(
         f"unknown target {target!r}: use 'predicted', 'gold', a class index or a label ({names})"
     )
-
-
-def parse_steps(steps: str | None) -> int | str | None:
-    if steps is None or steps == "auto":
-        return steps
-    try:
-        value = int(steps)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise InputError(f"steps must be an integer >= 1 or 'auto', got {steps!r}")
-    return value
 
 
 @app.command(
@@ -79,37 +82,17 @@ def explain(
         "logit-diff, prob-diff (default: logit-diff with --foil, logprob for a --target text, prob for the "
         "top next token).",
     ),
-    steps: str | None = typer.Option(
-        None,
-        help="'auto' (the default: error-controlled, see --tol) or a number of nodes of a fixed --rule "
-        f"(a --rule alone takes {DEFAULT_STEPS}).",
-    ),
-    rule: str | None = typer.Option(
-        None,
-        help="A fixed rule: riemann-right (with a number of --steps alone)|riemann-left|riemann-mid|"
-        "trapezoid|gauss-legendre.",
-    ),
-    tol: float | None = typer.Option(
-        None,
-        "--tol",
-        help=f"Error-controlled mode: relative error per layer to reach (default {DEFAULT_TOL:g}).",
-    ),
+    steps: StepsOpt = None,
+    rule: RuleOpt = None,
+    tol: TolOpt = None,
     max_subintervals: int | None = typer.Option(
         None,
         "--max-subintervals",
         help="Error-controlled mode: most subintervals per layer (default "
         f"{DEFAULT_MAX_SUBINTERVALS}); a layer that misses --tol within them is reported as unconverged.",
     ),
-    paper: bool = typer.Option(
-        False,
-        "--paper",
-        help="The paper's rule exactly: right Riemann, 20 steps, fp32, predicted class's prob.",
-    ),
-    preset: str | None = typer.Option(
-        None,
-        "--preset",
-        help=f"{' or '.join(PRESETS)}: 'authors' is the authors' released code (left Riemann, 64 steps).",
-    ),
+    paper: PaperOpt = False,
+    preset: PresetOpt = None,
     fast: bool = typer.Option(
         False, "--fast", help="Error-controlled with dtype auto (bf16 per layer where it keeps the error)."
     ),
@@ -142,7 +125,7 @@ def explain(
         rule=rule,
         tol=tol,
         max_subintervals=max_subintervals,
-        preset=_preset(paper, preset),
+        preset=preset_name(paper, preset),
         fast=fast,
         dtype=dtype,
         output=output,
@@ -193,7 +176,7 @@ def explain(
             f"(its {end} was cut; recorded in meta.json)"
         )
     for attr in attrs:
-        warn_unconverged(attr)
+        warn_unconverged(attr, "raise --max-subintervals or --tol")
     written: list[Path] = []
     if out is not None:
         from ..render.outputs import write_explanation  # matplotlib: only when files are written
@@ -221,14 +204,6 @@ def explain(
         )
 
 
-def _preset(paper: bool, preset: str | None) -> str | None:
-    if paper and preset not in (None, "paper"):
-        raise InputError(f"--paper and --preset {preset} contradict each other; give one")
-    if preset is not None and preset not in PRESETS:
-        raise InputError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    return "paper" if paper else preset
-
-
 def integration_line(attr) -> str:
     """How the layers were integrated, for the summary: nodes per layer, and any unconverged layer."""
     records = attr.integration or []
@@ -238,21 +213,6 @@ def integration_line(attr) -> str:
     worst = max((r["error_estimate"] for r in records if r["error_estimate"] is not None), default=None)
     worst_text = f", largest estimate {worst:.1e}" if worst is not None else ""
     return f"error-controlled to tol {attr.tol:g} ({attr.dtype}): nodes per layer {nodes}{worst_text}"
-
-
-def warn_unconverged(attr) -> None:
-    """Say which layers missed tol within the budget: their scores are less accurate than asked."""
-    missed = [r for r in attr.integration or [] if r.get("converged") is False]
-    if not missed:
-        return
-    shown = ", ".join(
-        f"{r['layer']} ({'-' if r['error_estimate'] is None else format(r['error_estimate'], '.1e')})"
-        for r in missed
-    )
-    warn(
-        f"{len(missed)} layer(s) did not reach tol {attr.tol:g} within the work budget: layer (error estimate) "
-        f"{shown}; raise --max-subintervals or --tol (recorded in meta.json)"
-    )
 
 
 def print_summary(attr, *, top: int, seconds: float) -> None:

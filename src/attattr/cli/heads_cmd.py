@@ -18,13 +18,21 @@ from ..core.errors import InputError
 from ..core.files import write_json
 from .app import app
 from .common import (
+    PaperOpt,
+    PresetOpt,
+    RuleOpt,
+    StepsOpt,
+    TolOpt,
     check_at_least,
     check_out_dir,
     console,
     data_columns,
     dataset_or_recipe_data,
+    integration_options,
+    integration_text,
     print_json,
     progress_bar,
+    warn_unconverged_examples,
     write_dataset_report,
 )
 from .ray_options import (
@@ -60,10 +68,11 @@ SplitOpt = Annotated[str, typer.Option("--split", help="Split to use: train, dev
 ExamplesOpt = Annotated[int, typer.Option("--examples", "-n", help="Use the first N examples of the split.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory (JSON, figures, run files).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a summary.")]
-StepsOpt = Annotated[str, typer.Option("--steps", help="Integration steps for attributions (or 'auto').")]
-RuleOpt = Annotated[str, typer.Option("--rule", help="Integration rule for attributions.")]
 FastOpt = Annotated[
-    bool, typer.Option("--fast", help="Attributions with Gauss-Legendre, steps=auto, bf16 where fast.")
+    bool,
+    typer.Option(
+        "--fast", help="Error-controlled with dtype auto (bf16 per layer where it keeps the error)."
+    ),
 ]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Examples per attribution / gradient pass.")]
 EvalBatchOpt = Annotated[int, typer.Option("--eval-batch-size", help="Examples per prediction pass.")]
@@ -91,17 +100,9 @@ FreshOpt = Annotated[
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def _attr_options(steps: str, rule: str, fast: bool) -> dict[str, Any]:
-    if fast:
-        return {"steps": "auto", "rule": "gauss-legendre", "dtype": "auto"}
-    if steps != "auto":
-        try:
-            steps = int(steps)
-        except ValueError:
-            raise InputError(f"--steps must be an integer or 'auto', got {steps!r}") from None
-    elif rule == "riemann-right":  # the command's default rule: 'auto' is error-controlled Gauss-Kronrod
-        rule = "gauss-legendre"
-    return {"steps": steps, "rule": rule, "dtype": None}
+def _attr_options(steps, rule, tol, paper: bool, preset, fast: bool) -> dict[str, Any]:
+    """The integration of the attribution importance (the pruning protocol's preset: gold label)."""
+    return integration_options(steps, rule, tol, paper, preset, analysis="pruning", fast=fast)
 
 
 def _check_method(method: str) -> None:
@@ -232,8 +233,11 @@ def importance_cmd(
     ] = "attattr",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random method.")] = 0,
     out: OutOpt = Path("heads"),
-    steps: StepsOpt = "20",
-    rule: RuleOpt = "riemann-right",
+    steps: StepsOpt = None,
+    rule: RuleOpt = None,
+    tol: TolOpt = None,
+    paper: PaperOpt = False,
+    preset: PresetOpt = None,
     fast: FastOpt = False,
     batch_size: BatchOpt = 8,
     eval_batch_size: EvalBatchOpt = 64,
@@ -264,7 +268,7 @@ def importance_cmd(
 
     _check_method(method)
     check_at_least("--examples", examples)
-    attr = _attr_options(steps, rule, fast)
+    attr = _attr_options(steps, rule, tol, paper, preset, fast)
     check_importance_options(method, batch_size=batch_size, eval_batch_size=eval_batch_size, **attr)
     check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
     check_out_dir(out)
@@ -298,12 +302,14 @@ def importance_cmd(
     figures = plot_importance(importance, out / f"importance-{method}")
     files = [str(path)] + [str(f) for f in figures]
     files.append(str(write_dataset_report(out, f"head importance: {method}", files)))
+    warn_unconverged_examples(importance.settings.get("integration"), str(path))
     if json_out:
         print_json({**importance.to_dict(), "files": files})
         return
+    how = f" ({integration_text(attr)})" if get_method(method).integration else ""
     console.print(
         f"{method} importance of {importance.num_layers}x{importance.num_heads} heads "
-        f"from {len(importance.example_ids)} examples in {importance.settings['seconds']:.1f}s"
+        f"from {len(importance.example_ids)} examples{how} in {importance.settings['seconds']:.1f}s"
     )
     console.print("most important (layer-head): " + ", ".join(_top_heads(importance)))
     console.print(f"wrote {', '.join(files)}")
@@ -322,8 +328,11 @@ def effectiveness_cmd(
         int, typer.Option("--step", help="Evaluate every STEP pruned heads (plus the ends).")
     ] = 4,
     out: OutOpt = Path("effectiveness"),
-    steps: StepsOpt = "20",
-    rule: RuleOpt = "riemann-right",
+    steps: StepsOpt = None,
+    rule: RuleOpt = None,
+    tol: TolOpt = None,
+    paper: PaperOpt = False,
+    preset: PresetOpt = None,
     fast: FastOpt = False,
     batch_size: BatchOpt = 8,
     eval_batch_size: EvalBatchOpt = 64,
@@ -353,7 +362,7 @@ def effectiveness_cmd(
 
     check_at_least("--examples", examples)
     check_at_least("--step", step)
-    attr = _attr_options(steps, rule, fast)
+    attr = _attr_options(steps, rule, tol, paper, preset, fast)
     check_importance_options("attattr", batch_size=batch_size, eval_batch_size=eval_batch_size, **attr)
     check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
     check_out_dir(out)
@@ -392,6 +401,7 @@ def effectiveness_cmd(
     figures = plot_effectiveness(result, out / "effectiveness")
     files = [str(path)] + [str(f) for f in figures]
     files.append(str(write_dataset_report(out, "effectiveness of head orderings", files)))
+    warn_unconverged_examples(result["settings"].get("integration"), str(path))
     if json_out:
         print_json({**result, "files": files})
         return
@@ -409,7 +419,7 @@ def effectiveness_cmd(
     s = result["summary"]
     console.print(
         f"gap smallest-first minus largest-first: attribution {s['gap_attattr']:.3f}, "
-        f"attention {s['gap_attention']:.3f}  ({result['seconds']:.1f}s)"
+        f"attention {s['gap_attention']:.3f}  ({integration_text(attr)}; {result['seconds']:.1f}s)"
     )
     console.print(f"wrote {', '.join(files)}")
 
@@ -440,8 +450,11 @@ def prune_cmd(
     ] = "attattr,taylor,accuracy-diff,attention,random",
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds of the random order (0..N-1).")] = 5,
     out: OutOpt = Path("prune"),
-    steps: StepsOpt = "20",
-    rule: RuleOpt = "riemann-right",
+    steps: StepsOpt = None,
+    rule: RuleOpt = None,
+    tol: TolOpt = None,
+    paper: PaperOpt = False,
+    preset: PresetOpt = None,
     fast: FastOpt = False,
     batch_size: BatchOpt = 8,
     eval_batch_size: EvalBatchOpt = 64,
@@ -477,7 +490,7 @@ def prune_cmd(
     check_at_least("--examples", examples)
     check_at_least("--seeds", seeds)
     check_at_least("--eval-limit", eval_limit)
-    attr = _attr_options(steps, rule, fast)
+    attr = _attr_options(steps, rule, tol, paper, preset, fast)
     check_pruning_options(chosen, seeds=seeds, batch_size=batch_size, eval_batch_size=eval_batch_size, **attr)
     check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
     check_out_dir(out)
@@ -519,6 +532,9 @@ def prune_cmd(
     figures = plot_pruning(result, out / "prune")
     files = [str(path)] + [str(f) for f in figures] + files
     files.append(str(write_dataset_report(out, "head pruning curves", files)))
+    if "attattr" in importances:
+        where = str(out / "importance-attattr.json")
+        warn_unconverged_examples(importances["attattr"].settings.get("integration"), where)
     if json_out:
         print_json({**result, "files": files})
         return
@@ -531,6 +547,8 @@ def prune_cmd(
         table.add_row(f"{round(100 * f)}%", *[f"{result['methods'][n]['accuracy'][i]:.3f}" for n in names])
     table.add_row("mean", *[f"{result['mean_accuracy'][n]:.3f}" for n in names])
     console.print(table)
+    if "attattr" in importances:
+        console.print(f"attattr importance: {integration_text(attr)}")
     console.print(f"wrote {', '.join(files[:3])} and {len(files) - 3} more files in {out}")
 
 
@@ -565,8 +583,11 @@ def correlate_cmd(
     examples: ExamplesOpt = 200,
     method: Annotated[str, typer.Option("--method", help="Importance method.")] = "attattr",
     out: OutOpt = Path("correlate"),
-    steps: StepsOpt = "20",
-    rule: RuleOpt = "riemann-right",
+    steps: StepsOpt = None,
+    rule: RuleOpt = None,
+    tol: TolOpt = None,
+    paper: PaperOpt = False,
+    preset: PresetOpt = None,
     fast: FastOpt = False,
     batch_size: BatchOpt = 8,
     eval_batch_size: EvalBatchOpt = 64,
@@ -599,7 +620,7 @@ def correlate_cmd(
     if len(model_names) + len(importance_files or []) < 2:
         raise InputError("give at least two models (--models a b) or importance files (--importance f.json)")
     check_at_least("--examples", examples)
-    attr = _attr_options(steps, rule, fast)
+    attr = _attr_options(steps, rule, tol, paper, preset, fast)
     check_importance_options(method, batch_size=batch_size, eval_batch_size=eval_batch_size, **attr)
     check_out_dir(out)
     importances: dict[str, Importance] = {}
@@ -640,6 +661,7 @@ def correlate_cmd(
         )
         imp.settings["model"] = name
         files.append(str(imp.save(folder / f"importance-{method}.json")))
+        warn_unconverged_examples(imp.settings.get("integration"), files[-1])
         files += [
             str(f) for f in plot_importance(imp, folder / f"importance-{method}", title=f"{label}: {method}")
         ]

@@ -14,15 +14,23 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from ..core.errors import InputError
-from ..core.quadrature import RULES
 from .app import app
 from .common import (
+    PaperOpt,
+    PresetOpt,
+    RuleOpt,
+    StepsOpt,
+    TolOpt,
     check_out_dir,
     check_text,
     console,
     dataset_or_recipe_data,
+    integration_options,
+    integration_text,
     print_json,
     progress_bar,
+    warn_unconverged,
+    warn_unconverged_examples,
     write_dataset_report,
 )
 from .ray_options import (
@@ -83,8 +91,6 @@ ThresholdOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")]
-StepsOpt = Annotated[int, typer.Option("--steps", help="Integration steps of the attribution.")]
-RuleOpt = Annotated[str, typer.Option("--rule", help="Integration rule of the attribution.")]
 ParentOpt = Annotated[
     str,
     typer.Option(
@@ -115,6 +121,13 @@ FoilOpt = Annotated[
     str | None,
     typer.Option("--foil", help="Causal LMs: contrast the target with this continuation (logit difference)."),
 ]
+
+
+def _integration(steps, rule, tol, paper: bool, preset) -> dict[str, Any]:
+    """The attribution's integration (a single example's preset), float32 left out: the options of
+    earlier runs, so that their run files keep their names."""
+    resolved = integration_options(steps, rule, tol, paper, preset, analysis="example")
+    return {k: v for k, v in resolved.items() if v is not None}
 
 
 def _target(value: str) -> str | int:
@@ -183,8 +196,11 @@ def tree_show(
         ),
     ] = None,
     json_out: JsonOpt = False,
-    steps: StepsOpt = 20,
-    rule: RuleOpt = "riemann-right",
+    steps: StepsOpt = None,
+    rule: RuleOpt = None,
+    tol: TolOpt = None,
+    paper: PaperOpt = False,
+    preset: PresetOpt = None,
     target: TargetOpt = "predicted",
     foil: FoilOpt = None,
     parent_choice: ParentOpt = "strongest",
@@ -224,7 +240,10 @@ def tree_show(
     if parent_choice not in PARENT_CHOICES:
         raise InputError(f"--parent-choice must be one of {', '.join(PARENT_CHOICES)}, got {parent_choice!r}")
     names = _segment_names(segment_names)
+    integration = _integration(steps, rule, tol, paper, preset)
     if attributions is not None:
+        if any(v is not None for v in (steps, rule, tol, preset)) or paper:
+            raise InputError("--from reads a saved attribution; the integration options do not apply")
         attr = Attribution.load(attributions)
         if text is not None and text != attr.text:
             raise InputError(f"the text given differs from the text of {attributions} ({attr.text!r})")
@@ -235,10 +254,6 @@ def tree_show(
             raise InputError("text is empty: give the text to explain")
         if pair is not None and not pair.strip():
             raise InputError("pair text is empty")
-        if rule not in RULES:
-            raise InputError(f"unknown integration rule {rule!r}; choose one of: {', '.join(RULES)}")
-        if steps < 1:
-            raise InputError(f"--steps must be an integer >= 1, got {steps}")
         from ..core.engine import attribute
 
         loaded = _load_model(model or "minilm-rt", tokenizer)
@@ -254,11 +269,11 @@ def tree_show(
             pair,
             target=target_arg,
             **({"foil": foil} if foil is not None else {}),
-            steps=steps,
-            rule=rule,
+            **integration,
             model_id=loaded.model_id,
             label_names=loaded.label_names,
         )
+        warn_unconverged(attr, "raise --tol")
     names = names or _segment_names(None, _recipe_dataset(attr.model_id))
     tree = build_tree(attr, threshold, parent_choice=parent_choice, segment_names=names)
 
@@ -352,8 +367,11 @@ def tree_stats_cmd(
             "attribution-nonroot, attention-nonroot (the last two leave out the root's query row).",
         ),
     ] = "attribution,attention,random,attribution-nonroot,attention-nonroot",
-    steps: StepsOpt = 20,
-    rule: RuleOpt = "riemann-right",
+    steps: StepsOpt = None,
+    rule: RuleOpt = None,
+    tol: TolOpt = None,
+    paper: PaperOpt = False,
+    preset: PresetOpt = None,
     parent_choice: ParentOpt = "strongest",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per attribution pass.")] = 8,
     text_column: Annotated[str, typer.Option("--text-column", help="Text column of a data file.")] = "text",
@@ -388,7 +406,6 @@ def tree_stats_cmd(
     from ..analyses.runs import check_output_folder
     from ..analyses.tree.build import segment_name
     from ..analyses.tree.stats import check_tree_stats_options, run_tree_stats
-    from ..methods.attribution import check_integration
 
     k_values = _ks(ks)
     if examples < 1:
@@ -404,7 +421,7 @@ def tree_stats_cmd(
         parent_choice=parent_choice,
         batch_size=batch_size,
     )
-    check_integration(steps, rule, None)
+    integration = _integration(steps, rule, tol, paper, preset)
     check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
     check_output_folder(out)
     names = _segment_names(segment_names)
@@ -440,8 +457,7 @@ def tree_stats_cmd(
             settings=settings,
             batch_size=batch_size,
             on_example=advance,
-            steps=steps,
-            rule=rule,
+            **integration,
             model_id=loaded.model_id,
             label_names=loaded.label_names,
             executor=executor,
@@ -452,10 +468,12 @@ def tree_stats_cmd(
         summary["segments"]["names"] = [segment_name(k, names) for k in (0, 1)]
     written = _write_stats_outputs(summary, out, title=title)
     written.append(write_dataset_report(out, f"attribution trees: {title}", written))
+    warn_unconverged_examples(summary.get("integration"), str(out / "tree_stats.json"))
     if json_out:
         print_json({**summary, "files": [str(p) for p in written]})
         return
     _print_summary(summary, title)
+    console.print(f"attributions: {integration_text(integration)}", markup=False)
     console.print(f"wrote {', '.join(str(p) for p in written)}", markup=False)
 
 

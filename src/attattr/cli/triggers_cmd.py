@@ -18,13 +18,21 @@ from rich.table import Table
 from ..core.errors import InputError
 from .app import app
 from .common import (
+    PaperOpt,
+    PresetOpt,
+    RuleOpt,
+    StepsOpt,
+    TolOpt,
     check_at_least,
     check_out_dir,
     console,
     data_columns,
+    integration_options,
+    integration_text,
     print_json,
     progress_bar,
     warn,
+    warn_unconverged_examples,
     write_dataset_report,
 )
 from .ray_options import (
@@ -101,8 +109,11 @@ def mine(
     min_tokens: Annotated[
         int, typer.Option("--min-tokens", help="Skip inputs shorter than this (special tokens included).")
     ] = 15,
-    steps: Annotated[int, typer.Option("--steps", help="Integration steps.")] = 20,
-    rule: Annotated[str, typer.Option("--rule", help="Integration rule.")] = "riemann-right",
+    steps: StepsOpt = None,
+    rule: RuleOpt = None,
+    tol: TolOpt = None,
+    paper: PaperOpt = False,
+    preset: PresetOpt = None,
     order: Annotated[
         str,
         typer.Option("--order", help="Which examples: 'random' (a seeded sample, default) or 'first'."),
@@ -134,16 +145,14 @@ def mine(
     is done; an interrupted run started again with the same settings resumes (--fresh: start over).
     """
     from ..analyses.triggers import ORDERS, mine_patterns, write_patterns
-    from ..core.engine import resolve_integration
 
     check_at_least("--examples", examples, 1)
     check_at_least("--min-tokens", min_tokens, 0)
-    check_at_least("--steps", steps, 1)
     check_at_least("--batch-size", batch_size, 1)
     check_at_least("--show", show, 0)
     if order not in ORDERS:
         raise InputError(f"--order must be one of {', '.join(ORDERS)}, got {order!r}")
-    resolve_integration(steps=steps, rule=rule)  # the engine's own check of the rule
+    integration = integration_options(steps, rule, tol, paper, preset, analysis="triggers")
     if out.is_dir():
         raise InputError(f"--out {out} is a folder; give the patterns file to write")
     check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
@@ -163,8 +172,7 @@ def mine(
             dataset,
             examples=examples,
             min_tokens=min_tokens,
-            steps=steps,
-            rule=rule,
+            **integration,
             order=order,
             seed=seed,
             batch_size=batch_size,
@@ -178,7 +186,9 @@ def mine(
             executor=executor,
             model_source=model,
         )
-    write_patterns(out, result, data=data, label_names=loaded.label_names)
+    extra = {"integration": result.integration} if result.integration is not None else {}
+    write_patterns(out, result, data=data, label_names=loaded.label_names, **extra)
+    warn_unconverged_examples(result.integration, str(out))
     summary = {
         "patterns_file": str(out),
         "model_id": loaded.model_id,
@@ -202,7 +212,7 @@ def mine(
     console.print(table)
     console.print(
         f"{result.skipped} of {result.considered} examples skipped (< {min_tokens} tokens); "
-        f"patterns written to {out}"
+        f"attributions: {integration_text(integration)}; patterns written to {out}"
     )
 
 

@@ -15,7 +15,9 @@ A subinterval's error signal compares the level's result with its embedded rule 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -170,3 +172,124 @@ def check_tol(tol: object) -> float:
     if isinstance(tol, bool) or not isinstance(tol, int | float | np.floating) or not 0 < float(tol) < 1:
         raise InputError(f"tol must be a number between 0 and 1 (exclusive), got {tol!r}")
     return float(tol)
+
+
+# ---- the settings of a dataset run --------------------------------------------------------------
+def integration_settings(
+    *,
+    steps: int | str | None = None,
+    rule: str | None = None,
+    tol: float | None = None,
+    dtype: object = None,
+    preset: str | None = None,
+    fast: bool = False,
+    analysis: str = "example",
+) -> dict[str, object]:
+    """The integration a dataset analysis runs, in the one form its run file records and passes on
+    to the engine, so that equal settings given differently name the same run file.
+
+    The options mean what they mean to `attattr.attribute` (`engine.resolve_integration`, which
+    checks them again when the work starts): neither steps nor rule, or steps="auto": the
+    error-controlled mode to `tol` (default DEFAULT_TOL); steps=N alone: DEFAULT_RULE with N nodes;
+    a rule alone: that rule with DEFAULT_STEPS nodes; `fast`: steps="auto" with dtype "auto";
+    `preset`: the rule, steps and dtype `preset_options(preset, analysis)` fixes for this analysis
+    (the caller keeps its own target and output).
+
+    Returns {"steps": N, "rule": name, "dtype": d} for a fixed rule and {"steps": "auto",
+    "rule": "gauss-legendre", "tol": t, "dtype": d} for the error-controlled mode (its Gauss-Kronrod
+    levels are built on 3-point Gauss-Legendre); d is None for float32 (the default), else
+    "bfloat16" or "auto". InputError (one line) on a bad or contradictory combination."""
+    dtype = _dtype_setting(dtype)
+    if preset is not None:
+        if fast:
+            raise InputError(f"preset {preset!r} and fast contradict each other; give one")
+        fixed = preset_options(preset, analysis)
+        fixed_dtype = _dtype_setting(fixed["dtype"])
+        given = {
+            "rule": (rule, fixed["rule"]),
+            "steps": (steps, fixed["steps"]),
+            "dtype": (dtype, fixed_dtype),
+        }
+        for name, (value, wanted) in given.items():
+            if value is not None and value != wanted:
+                raise InputError(
+                    f"preset {preset!r} fixes {name}={fixed[name]!r}; it contradicts {name}={value!r} "
+                    "(drop one of them)"
+                )
+        if tol is not None:
+            raise InputError(f"preset {preset!r} is a fixed rule; tol applies to steps='auto' only")
+        return {"steps": int(fixed["steps"]), "rule": fixed["rule"], "dtype": fixed_dtype}
+    if fast:
+        if steps not in (None, AUTO) or rule not in (None, "gauss-legendre"):
+            raise InputError("fast means steps='auto'; it takes no fixed rule or step count")
+        steps, dtype = AUTO, "auto" if dtype is None else dtype
+    if rule is not None and rule not in RULES:
+        raise InputError(f"unknown integration rule {rule!r}; choose one of: {', '.join(RULES)}")
+    if steps is None:
+        steps = AUTO if rule is None else DEFAULT_STEPS
+    if isinstance(steps, str) and steps != AUTO:
+        raise InputError(f"steps must be an integer >= 1 or 'auto', got {steps!r}")
+    if steps == AUTO:
+        if rule not in (None, "gauss-legendre"):
+            raise InputError(
+                f"steps='auto' integrates with adaptive Gauss-Kronrod; it takes no rule {rule!r} "
+                "(give an integer steps for a fixed rule)"
+            )
+        tol = DEFAULT_TOL if tol is None else check_tol(tol)
+        return {"steps": AUTO, "rule": "gauss-legendre", "tol": tol, "dtype": dtype}
+    if tol is not None:
+        raise InputError(f"tol applies to steps='auto'; with steps={steps!r} the rule is fixed")
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+        raise InputError(f"steps must be an integer >= 1, got {steps!r}")
+    return {"steps": int(steps), "rule": DEFAULT_RULE if rule is None else rule, "dtype": dtype}
+
+
+def _dtype_setting(dtype: object) -> str | None:
+    """A dtype option as a run records it: None for float32, else "bfloat16" or "auto"."""
+    name = None if dtype is None else str(dtype).removeprefix("torch.")
+    if name in (None, "float32", "fp32"):
+        return None
+    if name in ("bfloat16", "bf16"):
+        return "bfloat16"
+    if name == "auto":
+        return "auto"
+    raise InputError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or auto")
+
+
+def integration_record(attr: object) -> dict[str, list[int]] | None:
+    """What a dataset run keeps of one attribution's integration (its `Attribution.integration`
+    records): the layers, the nodes each used and the layers that missed tol within the budget.
+    None for a fixed rule, whose nodes per layer are its steps."""
+    records = getattr(attr, "integration", None) or []
+    if getattr(attr, "tol", None) is None or not records:
+        return None
+    return {
+        "layers": [int(r["layer"]) for r in records],
+        "nodes": [int(r["nodes"]) for r in records],
+        "unconverged": [int(r["layer"]) for r in records if r.get("converged") is False],
+    }
+
+
+def summarise_integration(records: Sequence[Mapping[str, Any]], tol: float | None) -> dict[str, Any] | None:
+    """Over a run's example records (each with the "integration" of `integration_record`): tol,
+    the mean and largest nodes per layer, and the examples whose layers missed tol. None when no
+    record has one (a fixed rule, or records of an older run)."""
+    kept = [(r.get("id"), r["integration"]) for r in records if r.get("integration")]
+    if not kept:
+        return None
+    per_layer: dict[int, list[int]] = {}
+    missed = []
+    for example_id, rec in kept:
+        for layer, nodes in zip(rec["layers"], rec["nodes"], strict=True):
+            per_layer.setdefault(layer, []).append(nodes)
+        if rec["unconverged"]:
+            missed.append({"id": example_id, "layers": list(rec["unconverged"])})
+    layers = sorted(per_layer)
+    return {
+        "tol": tol,
+        "examples": len(kept),
+        "layers": layers,
+        "mean_nodes": [float(np.mean(per_layer[k])) for k in layers],
+        "max_nodes": [int(max(per_layer[k])) for k in layers],
+        "unconverged": missed,
+    }

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.engine import attribute_many, resolve_dtype
 from ..core.errors import InputError
-from ..core.quadrature import RULES
+from ..core.quadrature import RULES, integration_record
 from ..core.quadrature import rule as quadrature_rule
 from .base import Example, Method, Record, check_prompts, is_decoder, mean_importance, register_method, table
 from .importance import Importance
@@ -42,11 +42,13 @@ def attribution_records(
     dtype: str | None,
     memory_budget: int | None = None,
     metric: str | None = None,
+    tol: float | None = None,
 ) -> list[Record]:
     """Per example: the attribution importance (gold label), the max-attention importance, and
     the unpruned prediction (gold-label probability, correctness). One engine call for the batch.
     Causal LMs: F is `metric` of each prompt's own target and foil; the record keeps "metric" (its
-    value) and "correct" (above 0; for logprob and prob, the first target token predicted)."""
+    value) and "correct" (above 0; for logprob and prob, the first target token predicted).
+    With steps="auto" (to `tol`) each record also keeps its "integration" (`integration_record`)."""
     decoder = is_decoder(model)
     if decoder:
         check_prompts(examples)
@@ -59,10 +61,12 @@ def attribution_records(
         output=metric if decoder else "prob",
         steps=steps,
         rule=rule,
+        tol=tol,
         dtype=dtype,
         memory_budget=memory_budget,
         batch_size=len(examples),
     ):
+        nodes = integration_record(attr)
         if decoder:
             d = attr.decoder
             attention = attr.attentions[:, :, 1:] if attr.attentions.shape[2] > 1 else attr.attentions
@@ -77,6 +81,7 @@ def attribution_records(
                     "attention": table(attention.flatten(2).amax(dim=2)),
                     "metric": attr.output_value,
                     "correct": bool(correct),
+                    **({"integration": nodes} if nodes else {}),
                 }
             )
             continue
@@ -88,6 +93,7 @@ def attribution_records(
                 "label": attr.label,
                 "probability": attr.probabilities[attr.label],
                 "correct": attr.predicted == attr.label,
+                **({"integration": nodes} if nodes else {}),
             }
         )
     return out
@@ -103,6 +109,7 @@ def _records(model, tokenizer, examples: Sequence[Example], settings: Mapping[st
         dtype=settings.get("dtype"),
         memory_budget=settings.get("memory_budget"),
         metric=settings.get("metric"),
+        tol=settings.get("tol"),
     )
 
 

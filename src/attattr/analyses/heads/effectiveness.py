@@ -15,11 +15,19 @@ import torch
 
 from ...core.encoding import predict, predict_prompts
 from ...core.hooks import model_num_heads, model_num_layers
+from ...core.quadrature import summarise_integration
 from ...methods.attribution import attribution_records
 from ...methods.base import pairs_or_none
 from ...methods.gates import mask_key, per_example_gates
 from ..runs import Executor, Job, RunExample, check_count, register_shard_function, run
-from .importance import ProgressFn, StoreArg, check_importance_options, run_examples, store_for
+from .importance import (
+    ProgressFn,
+    StoreArg,
+    check_importance_options,
+    integration_info,
+    run_examples,
+    store_for,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -52,6 +60,7 @@ def effectiveness_shard(model, tokenizer, examples: Sequence[RunExample], job: J
         dtype=s["dtype"],
         memory_budget=job.options.get("memory_budget"),
         metric=s.get("metric"),
+        tol=s.get("tol"),
     )
     # one row per distinct (example, pruned set): k = 0 and k = all are shared by the four curves
     rows_gates: list[torch.Tensor] = []
@@ -133,9 +142,11 @@ def effectiveness(
     step: int = 4,
     batch_size: int = 8,
     eval_batch_size: int = 64,
-    steps: int | str = 20,
-    rule: str = "riemann-right",
+    steps: int | str | None = None,
+    rule: str | None = None,
+    tol: float | None = None,
     dtype: str | None = None,
+    preset: str | None = None,
     memory_budget: int | None = None,
     store: StoreArg = None,
     runs_dir: str | os.PathLike | None = None,
@@ -148,11 +159,22 @@ def effectiveness(
 ) -> dict[str, Any]:
     """Returns {"counts": [k...], "curves": {curve: {"accuracy": [...], "probability": [...]}},
     "examples": N, "example_ids": [...], "settings": {...}, "summary": {...}}.
+    steps, rule, tol, dtype, preset: the integration, as for `head_importance` (default: the
+        error-controlled mode; preset "paper" = steps=20, rule="riemann-right").
     store / runs_dir / fresh: as for `head_importance` (file `effectiveness-<hash>.jsonl`).
     A causal LM: prompts with targets, scored by `metric` (default by their targets); the curves
     hold "metric" (its mean) instead of "probability", and the result names it ("metric")."""
-    check_importance_options(
-        "attattr", steps=steps, rule=rule, dtype=dtype, batch_size=batch_size, eval_batch_size=eval_batch_size
+    integration = integration_info(
+        check_importance_options(
+            "attattr",
+            steps=steps,
+            rule=rule,
+            tol=tol,
+            dtype=dtype,
+            preset=preset,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+        )
     )
     num_layers, num_heads = model_num_layers(model), model_num_heads(model)
     counts = prune_counts(num_layers * num_heads, step)
@@ -167,9 +189,7 @@ def effectiveness(
             "examples": [x.id for x in items],
             "step": step,
             "batch_size": batch_size,
-            "steps": steps,
-            "rule": rule,
-            "dtype": dtype or "float32",
+            **integration,
         },
         {"eval_batch_size": eval_batch_size, "memory_budget": memory_budget},
     )
@@ -186,6 +206,7 @@ def effectiveness(
         model_source=model_source,
     )
     merged = merge_effectiveness(records, counts)
+    nodes = summarise_integration(records, integration.get("tol"))
     return {
         "kind": "effectiveness",
         "counts": counts,
@@ -196,10 +217,9 @@ def effectiveness(
         "settings": {
             **context,
             "step": step,
-            "steps": steps,
-            "rule": rule,
-            "dtype": dtype or "float32",
+            **integration,
             "batch_size": batch_size,
+            **({"integration": nodes} if nodes is not None else {}),
         },
         "summary": merged["summary"],
     }

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from ...core.errors import InputError
 from ...core.hooks import model_num_heads, model_num_layers
+from ...core.quadrature import integration_settings, summarise_integration
 from ...methods import Importance, get_method
-from ...methods.attribution import check_integration
 from ...methods.base import check_prompts, is_decoder, prompt_metric
 from ..runs import (
     Executor,
@@ -56,18 +56,40 @@ def select_examples(examples: Sequence, count: int | None, *, seed: int | None =
 def check_importance_options(
     method: str,
     *,
-    steps: int | str = 20,
-    rule: str = "riemann-right",
+    steps: int | str | None = None,
+    rule: str | None = None,
+    tol: float | None = None,
     dtype: str | None = None,
+    preset: str | None = None,
+    fast: bool = False,
     batch_size: int = 8,
     eval_batch_size: int = 64,
-) -> None:
-    """Refuse a bad method or setting before any work (InputError)."""
+) -> dict[str, Any] | None:
+    """Refuse a bad method or setting before any work (InputError). Returns the integration a
+    method that integrates runs (`integration_settings` of the pruning protocol), else None."""
     m = get_method(method)
+    integration = None
     if m.integration:
-        check_integration(steps, rule, dtype)
+        integration = integration_settings(
+            steps=steps, rule=rule, tol=tol, dtype=dtype, preset=preset, fast=fast, analysis="pruning"
+        )
     check_count(batch_size, "batch size")
     check_count(eval_batch_size, "evaluation batch size")
+    return integration
+
+
+def integration_info(integration: Mapping[str, Any]) -> dict[str, Any]:
+    """The integration as a run's settings record it: steps, rule, dtype ("float32" by default),
+    and tol in the error-controlled mode. A fixed rule's entries are those runs recorded before
+    the default changed, so that their run files keep their names."""
+    info = {
+        "steps": integration["steps"],
+        "rule": integration["rule"],
+        "dtype": integration["dtype"] or "float32",
+    }
+    if integration.get("tol") is not None:
+        info["tol"] = integration["tol"]
+    return info
 
 
 def importance_job(
@@ -75,22 +97,28 @@ def importance_job(
     examples: Sequence[RunExample],
     *,
     batch_size: int,
-    steps: int | str = 20,
-    rule: str = "riemann-right",
+    steps: int | str | None = None,
+    rule: str | None = None,
+    tol: float | None = None,
     dtype: str | None = None,
+    preset: str | None = None,
     eval_batch_size: int = 64,
     memory_budget: int | None = None,
     context: Mapping[str, Any] | None = None,
     metric: str | None = None,
 ) -> Job:
     """The job of one method over `examples`: its settings (the run file's header) are what the
-    numbers depend on, `context` (model, data, split, ...) included; `metric`: a causal LM's."""
+    numbers depend on, `context` (model, data, split, ...) included; `metric`: a causal LM's.
+    The integration options mean what they mean to `head_importance`."""
     settings: dict[str, Any] = {"method": method, **(context or {}), "examples": [x.id for x in examples]}
     if metric is not None:
         settings["metric"] = metric
     settings["batch_size"] = batch_size
-    if get_method(method).integration:
-        settings.update({"steps": steps, "rule": rule, "dtype": dtype or "float32"})
+    integration = check_importance_options(
+        method, steps=steps, rule=rule, tol=tol, dtype=dtype, preset=preset, batch_size=batch_size
+    )
+    if integration is not None:
+        settings.update(integration_info(integration))
     return Job(KIND, settings, {"eval_batch_size": eval_batch_size, "memory_budget": memory_budget})
 
 
@@ -131,9 +159,11 @@ def head_importance(
     method: str = "attattr",
     *,
     batch_size: int = 8,
-    steps: int | str = 20,
-    rule: str = "riemann-right",
+    steps: int | str | None = None,
+    rule: str | None = None,
+    tol: float | None = None,
     dtype: str | None = None,
+    preset: str | None = None,
     memory_budget: int | None = None,
     seed: int = 0,
     eval_batch_size: int = 64,
@@ -154,7 +184,12 @@ def head_importance(
         set) and scores them by `metric` ("logit-diff", "prob-diff", "logprob"; default by the
         prompts' targets) in place of the gold label's probability (docs/decoders.md).
     batch_size: examples per shard (attattr: per engine call; taylor/attention: per forward).
-    steps, rule, dtype, memory_budget: the engine's integration options (attattr only).
+    steps, rule, tol, dtype, memory_budget: the engine's integration options (attattr only), as
+        `attattr.attribute` reads them: by default the error-controlled mode (steps="auto", tol
+        `quadrature.DEFAULT_TOL`); steps=N alone: right Riemann with N nodes; a rule alone: 20 nodes.
+    preset: "paper" (right Riemann, 20 steps, fp32: the same as steps=20, rule="riemann-right")
+        or "authors" (the authors' released code for the pruning importance: left Riemann, 20
+        steps, fp32); other options may repeat what it fixes, not contradict it.
     store / runs_dir / fresh: where records go and resume from: a store or a run-file path; or a
         folder where the file is named by the run's settings (`importance-<method>-<hash>.jsonl`);
         fresh=True starts over. None of them: in memory.
@@ -162,8 +197,15 @@ def head_importance(
     executor, model_source: where shards run (default: in this process).
     """
     m = get_method(method)
-    check_importance_options(
-        method, steps=steps, rule=rule, dtype=dtype, batch_size=batch_size, eval_batch_size=eval_batch_size
+    integration = check_importance_options(
+        method,
+        steps=steps,
+        rule=rule,
+        tol=tol,
+        dtype=dtype,
+        preset=preset,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
     )
     context = dict(settings or {})
     num_layers, num_heads = model_num_layers(model), model_num_heads(model)
@@ -176,9 +218,7 @@ def head_importance(
         method,
         items,
         batch_size=batch_size,
-        steps=steps,
-        rule=rule,
-        dtype=dtype,
+        **(integration or {}),
         eval_batch_size=eval_batch_size,
         memory_budget=memory_budget,
         context=context,
@@ -198,8 +238,11 @@ def head_importance(
         model_source=model_source,
     )
     info = dict(context)
-    if m.integration:
-        info.update({"steps": steps, "rule": rule, "dtype": dtype or "float32"})
+    if integration is not None:
+        info.update(integration_info(integration))
+        nodes = summarise_integration(records, integration.get("tol"))
+        if nodes is not None:
+            info["integration"] = nodes
     info["batch_size"] = batch_size
     if metric is not None:
         info["metric"] = metric

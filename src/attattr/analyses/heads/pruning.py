@@ -27,6 +27,7 @@ from .importance import (
     StoreArg,
     check_importance_options,
     head_importance,
+    integration_info,
     run_examples,
     store_for,
 )
@@ -197,9 +198,11 @@ def prune_experiment(
     fractions: Sequence[float] = FRACTIONS,
     batch_size: int = 8,
     eval_batch_size: int = 64,
-    steps: int | str = 20,
-    rule: str = "riemann-right",
+    steps: int | str | None = None,
+    rule: str | None = None,
+    tol: float | None = None,
     dtype: str | None = None,
+    preset: str | None = None,
     memory_budget: int | None = None,
     runs_dir: str | os.PathLike | None = None,
     fresh: bool = False,
@@ -217,11 +220,24 @@ def prune_experiment(
     context: what identifies the model and data (model_id, data); importance_context / eval_context:
     what identifies each set (split, sample). executor, model_source: where the importance shards
     run (the pruned evaluations run here). metric: a causal LM's (default by the prompts' targets),
-    for importance and evaluation alike. Returns (result, importances by label)."""
-    options = dict(
-        steps=steps, rule=rule, dtype=dtype, batch_size=batch_size, eval_batch_size=eval_batch_size
+    for importance and evaluation alike. steps, rule, tol, dtype, preset: the integration of the
+    methods that integrate, as for `head_importance` (default: the error-controlled mode; preset
+    "paper" = steps=20, rule="riemann-right"). Returns (result, importances by label)."""
+    check_pruning_options(
+        methods,
+        seeds=seeds,
+        steps=steps,
+        rule=rule,
+        tol=tol,
+        dtype=dtype,
+        preset=preset,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
     )
-    check_pruning_options(methods, seeds=seeds, **options)
+    integration = check_importance_options(
+        "attattr", steps=steps, rule=rule, tol=tol, dtype=dtype, preset=preset
+    )
+    options = dict(**integration, batch_size=batch_size, eval_batch_size=eval_batch_size)
     context = dict(context or {})
     importance_examples = list(importance_examples)
     started = time.perf_counter()
@@ -278,9 +294,7 @@ def prune_experiment(
         "importance_examples": imp_count,
         "seeds": seeds,
         "batch_size": batch_size,
-        "steps": steps,
-        "rule": rule,
-        "dtype": dtype or "float32",
+        **integration_info(integration),
     }
     result["seconds"] = {
         "importance": {k: v.settings.get("seconds") for k, v in importances.items()},

@@ -32,6 +32,7 @@ from ...core.encoding import encode_batch, model_inputs, model_max_length
 from ...core.errors import InputError
 from ...core.hooks import AttentionHook, ConnectionGate
 from ...core.objectives import class_values
+from ...core.quadrature import integration_record, integration_settings, summarise_integration
 from ...core.result import Attribution
 from ..runs import (
     Executor,
@@ -259,7 +260,11 @@ def tree_stats_shard(model, tokenizer, examples: Sequence[RunExample], job: Job)
                 methods=s["methods"],
                 salt=str(attr.example_id),
             )
-        records.append(example_record(attr, tree, faith))
+        record = example_record(attr, tree, faith)
+        nodes = integration_record(attr)
+        if nodes is not None:  # the error-controlled mode: nodes per layer, layers that missed tol
+            record["integration"] = nodes
+        records.append(record)
     return records
 
 
@@ -291,7 +296,13 @@ def run_tree_stats(
         the settings (`tree-stats-<hash>.jsonl`); fresh=True starts over. None of them: in memory.
     settings: extra settings recorded with the run (model and data names, ...).
     executor, model_source: where shards run (default: in this process).
-    attr_options: passed to `attattr.attribute_many` (target, output, steps, rule, dtype, ...)."""
+    attr_options: passed to `attattr.attribute_many` (target, output, steps, rule, tol, dtype, ...).
+        The integration options (steps, rule, tol, dtype, preset, fast) mean what they mean there:
+        by default the error-controlled mode (steps="auto", tol `quadrature.DEFAULT_TOL`); preset
+        "paper" is steps=20, rule="riemann-right", "authors" steps=64, rule="riemann-left". They
+        are recorded as `quadrature.integration_settings` writes them (float32 left out), so that
+        the same integration given either way names the same run file."""
+    attr_options = _integration_options(attr_options)
     threshold, ks = check_tree_stats_options(
         threshold=threshold,
         ks=ks,
@@ -342,7 +353,22 @@ def run_tree_stats(
     num_layers = _num_layers(model, attr_options.get("layers"))
     summary = summarise(records, layers=num_layers, output=attr_options.get("output", "prob"))
     summary["settings"] = run_settings
+    nodes = summarise_integration(records, attr_options.get("tol"))
+    if nodes is not None:
+        summary["integration"] = nodes
     return summary
+
+
+INTEGRATION_OPTIONS = ("steps", "rule", "tol", "dtype", "preset", "fast")
+
+
+def _integration_options(attr_options: dict[str, Any]) -> dict[str, Any]:
+    """`attr_options` with its integration options in their one recorded form: steps and rule, tol
+    in the error-controlled mode, dtype unless float32 (the form of earlier runs' settings)."""
+    given = {k: attr_options[k] for k in INTEGRATION_OPTIONS if k in attr_options}
+    resolved = integration_settings(**given, analysis="example")
+    rest = {k: v for k, v in attr_options.items() if k not in INTEGRATION_OPTIONS}
+    return {**{k: v for k, v in resolved.items() if v is not None}, **rest}
 
 
 def _plain_setting(value):

@@ -15,6 +15,7 @@ import torch
 
 from ...core.encoding import token_count
 from ...core.errors import DataError, InputError
+from ...core.quadrature import integration_record, integration_settings, summarise_integration
 from ..runs import (
     FORMAT,
     Executor,
@@ -45,6 +46,8 @@ class MiningResult:
     considered: int  # examples looked at
     skipped: int  # of those, shorter than min_tokens
     settings: dict[str, Any] = field(default_factory=dict)
+    # the error-controlled mode: nodes per layer and layers that missed tol (`summarise_integration`)
+    integration: dict[str, Any] | None = None
 
 
 def mining_settings(
@@ -54,14 +57,22 @@ def mining_settings(
     *,
     examples: int,
     min_tokens: int,
-    steps: int,
-    rule: str,
+    steps: int | str | None = None,
+    rule: str | None = None,
     order: str = "random",
     seed: int = 0,
     model_id: str | None = None,
+    tol: float | None = None,
+    dtype: torch.dtype | str | None = None,
+    preset: str | None = None,
 ) -> dict[str, Any]:
-    """What a mining run depends on; a resumed run must have the same (RunStore refuses otherwise)."""
-    return {
+    """What a mining run depends on; a resumed run must have the same (RunStore refuses otherwise).
+    The integration options mean what they mean to `mine_patterns`; recorded as steps and rule,
+    tol in the error-controlled mode and dtype unless float32 (the form of earlier runs)."""
+    integration = integration_settings(
+        steps=steps, rule=rule, tol=tol, dtype=dtype, preset=preset, analysis="triggers"
+    )
+    settings = {
         "task": "triggers-mine",
         "model_id": model_id or _model_id(model),
         "tokenizer": tokenizer_info(tokenizer),
@@ -71,11 +82,15 @@ def mining_settings(
         "order": order,
         "seed": int(seed) if order == "random" else None,
         "min_tokens": int(min_tokens),
-        "steps": int(steps),
-        "rule": rule,
+        "steps": integration["steps"],
+        "rule": integration["rule"],
         "target": "predicted",
         "output": "prob",
     }
+    for key in ("tol", "dtype"):
+        if integration.get(key) is not None:
+            settings[key] = integration[key]
+    return settings
 
 
 def mine_patterns(
@@ -85,8 +100,8 @@ def mine_patterns(
     *,
     examples: int = 500,
     min_tokens: int = MIN_TOKENS,
-    steps: int = 20,
-    rule: str = "riemann-right",
+    steps: int | str | None = None,
+    rule: str | None = None,
     order: str = "random",
     seed: int = 0,
     batch_size: int = 8,
@@ -101,6 +116,8 @@ def mine_patterns(
     dtype: torch.dtype | str | None = None,
     executor: Executor | None = None,
     model_source: str | None = None,
+    tol: float | None = None,
+    preset: str | None = None,
 ) -> MiningResult:
     """Mine one pattern per example for `examples` examples of `dataset`.
 
@@ -109,6 +126,12 @@ def mine_patterns(
     training set, whose order is already random; the built-in splits keep their source order, which
     for Rotten Tomatoes and IMDB puts every positive example before every negative one.
     Inputs with fewer than `min_tokens` tokens (special tokens included) are skipped.
+
+    `steps`, `rule`, `tol`, `dtype`: the integration, as `attattr.attribute` reads them: by default
+    the error-controlled mode (steps="auto", tol `quadrature.DEFAULT_TOL`); steps=N alone: right
+    Riemann with N nodes; a rule alone: 20 nodes. `preset`: "paper" (the same as steps=20,
+    rule="riemann-right") or "authors" (the authors' released code: steps=64, rule="riemann-left");
+    other options may repeat what it fixes, not contradict it. The target is the predicted class.
 
     The examples run through the dataset runner (`attattr.analyses.runs`) as the job
     "triggers.mine": shards of up to `batch_size` examples of similar length, each shard's records
@@ -144,9 +167,10 @@ def mine_patterns(
         order=order,
         seed=seed,
         model_id=model_id,
+        tol=tol,
+        dtype=dtype,
+        preset=preset,
     )
-    if dtype is not None:  # bf16 changes the numbers; the default keeps the settings of older runs
-        run_settings["dtype"] = str(dtype).removeprefix("torch.")
     run_settings.update(settings or {})
     dataset = match_labels(dataset, label_names, int(model.config.num_labels))
     names = label_names or getattr(dataset, "label_names", None)
@@ -167,7 +191,13 @@ def mine_patterns(
     )
     patterns = rank_patterns(Pattern.from_dict(r["pattern"]) for r in records if r.get("pattern"))
     skipped = sum(1 for r in records if r.get("skipped"))
-    return MiningResult(patterns=patterns, considered=len(chosen), skipped=skipped, settings=job.settings)
+    return MiningResult(
+        patterns=patterns,
+        considered=len(chosen),
+        skipped=skipped,
+        settings=job.settings,
+        integration=summarise_integration(records, job.settings.get("tol")),
+    )
 
 
 @register_shard_function(MINE_KIND)
@@ -200,6 +230,7 @@ def mine_shard(
             output=s["output"],
             steps=s["steps"],
             rule=s["rule"],
+            tol=s.get("tol"),
             model_id=s["model_id"],
             label_names=job.options.get("label_names"),
             dtype=s.get("dtype"),
@@ -212,6 +243,7 @@ def mine_shard(
                 "skipped": None,
                 "tokens": attr.num_tokens,
                 "pattern": pattern.to_dict() if pattern else None,
+                **({"integration": nodes} if (nodes := integration_record(attr)) else {}),
             }
     return [records[ex.id] for ex in examples]
 
