@@ -1,5 +1,6 @@
 """Integration over alpha in [0, 1] (docs/method.md §1): fixed rules as data, the nested
-Gauss-Kronrod levels of the error-controlled mode, and the named presets.
+Gauss-Kronrod levels of the error-controlled mode, the named presets, and the one form in which a
+dataset run records its integration (`integration_settings`, `integration_record`).
 
 Fixed rules: `rule(name, m) -> (alphas, weights)`.
 
