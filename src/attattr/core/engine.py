@@ -56,12 +56,8 @@ from .planning import (
 from .quadrature import (
     AUTO,
     DEFAULT_MAX_SUBINTERVALS,
-    DEFAULT_RULE,
-    DEFAULT_STEPS,
-    DEFAULT_TOL,
-    RULES,
     adaptive_levels,
-    check_tol,
+    integration_settings,
     preset_options,
 )
 from .quadrature import rule as quadrature_rule
@@ -309,73 +305,52 @@ def resolve_integration(
     device: torch.device | str = "cpu",
 ) -> tuple[Integration, str, str | int]:
     """The integration, objective name and target the options mean; InputError on a bad or
-    contradictory combination (one line)."""
+    contradictory combination (one line). Steps, rule, tol, dtype, fast and the preset's rule mean
+    what `quadrature.integration_settings` reads them as; the output, target and work cap are the
+    engine's own."""
+    settings = integration_settings(steps=steps, rule=rule, tol=tol, dtype=dtype, preset=preset, fast=fast)
+    adaptive = settings["steps"] == AUTO
     if preset is not None:
-        if fast:
-            raise InputError(f"preset {preset!r} and fast=True contradict each other; give one")
         fixed = preset_options(preset)
-        given = {"rule": rule, "steps": steps, "dtype": dtype, "output": output, "target": target}
-        for name, value in given.items():
-            if value is not None and _normal(name, value) != _normal(name, fixed[name]):
+        for name, value in (("output", output), ("target", target)):
+            if value is not None and value != fixed[name]:
                 raise InputError(
                     f"preset {preset!r} fixes {name}={fixed[name]!r}; it contradicts {name}={value!r} "
-                    f"(drop one of them)"
+                    "(drop one of them)"
                 )
-        if tol is not None or max_subintervals is not None:
-            raise InputError(
-                f"preset {preset!r} is a fixed rule; tol and max_subintervals apply to steps='auto' only"
-            )
-        rule, steps, dtype, output, target = (
-            fixed[k] for k in ("rule", "steps", "dtype", "output", "target")
-        )
-    if fast:
-        if steps not in (None, AUTO) or rule not in (None, "gauss-legendre"):
-            raise InputError("fast=True means steps='auto'; it takes no fixed rule or step count")
-        steps, rule = AUTO, None
-        dtype = "auto" if dtype is None else dtype
+        output, target = fixed["output"], fixed["target"]
     output = "prob" if output is None else output
     target = "predicted" if target is None else target
-    if isinstance(steps, str) and steps != AUTO:
-        raise InputError(f"steps must be an integer >= 1 or 'auto', got {steps!r}")
-    if rule is not None and rule not in RULES:
-        raise InputError(f"unknown integration rule {rule!r}; choose one of: {', '.join(RULES)}")
-    mode = _dtype_mode(dtype)
-    if steps is None:
-        steps = AUTO if rule is None else DEFAULT_STEPS
-    if steps == AUTO:
-        if rule not in (None, "gauss-legendre"):
+    mode = settings["dtype"]  # None (float32), "bfloat16" or "auto"
+    if not adaptive:
+        if max_subintervals is not None:
             raise InputError(
-                f"steps='auto' integrates with adaptive Gauss-Kronrod; it takes no rule {rule!r} "
-                "(give an integer steps for a fixed rule)"
+                f"preset {preset!r} is a fixed rule; max_subintervals applies to steps='auto' only"
+                if preset is not None
+                else f"max_subintervals applies to steps='auto'; with steps={settings['steps']!r} the rule is fixed"
             )
-        tol = DEFAULT_TOL if tol is None else check_tol(tol)
-        cap = DEFAULT_MAX_SUBINTERVALS if max_subintervals is None else max_subintervals
-        if isinstance(cap, bool) or not isinstance(cap, int | np.integer) or cap < 1:
-            raise InputError(f"max_subintervals must be an integer >= 1, got {max_subintervals!r}")
-        fast_bf16 = mode == "auto" and bf16_is_fast(torch.device(device))
-        grad_dtype = torch.bfloat16 if mode == "bfloat16" or fast_bf16 else None
-        return (
-            Integration(
-                True,
-                ADAPTIVE_RULE,
-                None,
-                tol=tol,
-                max_subintervals=int(cap),
-                dtype=grad_dtype,
-                measure_bf16=fast_bf16,
-            ),
-            output,
-            target,
+        alphas, weights = quadrature_rule(settings["rule"], settings["steps"])
+        # a fixed rule has no error estimate to measure bf16 with: "auto" stays fp32
+        grad_dtype = torch.bfloat16 if mode == "bfloat16" else None
+        fixed_rule = Integration(
+            False, settings["rule"], settings["steps"], alphas, weights, dtype=grad_dtype
         )
-    if tol is not None or max_subintervals is not None:
-        raise InputError(
-            f"tol and max_subintervals apply to steps='auto'; with steps={steps!r} the rule is fixed"
-        )
-    rule = DEFAULT_RULE if rule is None else rule
-    alphas, weights = quadrature_rule(rule, steps)
-    # a fixed rule has no error estimate to measure bf16 with: "auto" stays fp32
-    grad_dtype = torch.bfloat16 if mode == "bfloat16" else None
-    return Integration(False, rule, int(steps), alphas, weights, dtype=grad_dtype), output, target
+        return fixed_rule, output, target
+    cap = DEFAULT_MAX_SUBINTERVALS if max_subintervals is None else max_subintervals
+    if isinstance(cap, bool) or not isinstance(cap, int | np.integer) or cap < 1:
+        raise InputError(f"max_subintervals must be an integer >= 1, got {max_subintervals!r}")
+    fast_bf16 = mode == "auto" and bf16_is_fast(torch.device(device))
+    grad_dtype = torch.bfloat16 if mode == "bfloat16" or fast_bf16 else None
+    adaptive_rule = Integration(
+        True,
+        ADAPTIVE_RULE,
+        None,
+        tol=settings["tol"],
+        max_subintervals=int(cap),
+        dtype=grad_dtype,
+        measure_bf16=fast_bf16,
+    )
+    return adaptive_rule, output, target
 
 
 def _dtype_mode(dtype) -> str:
@@ -386,10 +361,6 @@ def _dtype_mode(dtype) -> str:
     if dtype == "auto":
         return "auto"
     raise InputError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or auto")
-
-
-def _normal(name: str, value):
-    return _dtype_mode(value) if name == "dtype" else value
 
 
 @dataclass

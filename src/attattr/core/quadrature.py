@@ -189,10 +189,10 @@ def integration_settings(
     """The integration a dataset analysis runs, in the one form its run file records and passes on
     to the engine, so that equal settings given differently name the same run file.
 
-    The options mean what they mean to `attattr.attribute` (`engine.resolve_integration`, which
-    checks them again when the work starts): neither steps nor rule, or steps="auto": the
-    error-controlled mode to `tol` (default DEFAULT_TOL); steps=N alone: DEFAULT_RULE with N nodes;
-    a rule alone: that rule with DEFAULT_STEPS nodes; `fast`: steps="auto" with dtype "auto";
+    `attattr.attribute` reads the same options through this function (`engine.resolve_integration`),
+    so they mean the same everywhere: neither steps nor rule, or steps="auto": the error-controlled
+    mode to `tol` (default DEFAULT_TOL); steps=N alone: DEFAULT_RULE with N nodes; a rule alone:
+    that rule with DEFAULT_STEPS nodes; `fast`: steps="auto" with dtype "auto";
     `preset`: the rule, steps and dtype `preset_options(preset, analysis)` fixes for this analysis
     (the caller keeps its own target and output).
 
@@ -247,7 +247,8 @@ def integration_settings(
 
 def _dtype_setting(dtype: object) -> str | None:
     """A dtype option as a run records it: None for float32, else "bfloat16" or "auto"."""
-    name = None if dtype is None else str(dtype).removeprefix("torch.")
+    # a torch.dtype prints as "torch.<name>"; a string is taken as written
+    name = dtype if dtype is None or isinstance(dtype, str) else str(dtype).removeprefix("torch.")
     if name in (None, "float32", "fp32"):
         return None
     if name in ("bfloat16", "bf16"):
