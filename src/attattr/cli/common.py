@@ -233,6 +233,14 @@ def _split_markdown_tables(text: str) -> tuple[str, list[list[dict[str, str]]]]:
     return "\n".join(kept), tables
 
 
+def recipe_dataset(model_id: str | None) -> str | None:
+    """The dataset a recipe model was trained on (None for model directories)."""
+    from ..models import RECIPES
+
+    recipe = RECIPES.get(model_id or "")
+    return getattr(recipe, "dataset", None) if recipe is not None else None
+
+
 def dataset_or_recipe_data(loaded, data: str | None) -> str:
     """`--data` as given, or else the dataset the model's recipe was trained on."""
     if data:

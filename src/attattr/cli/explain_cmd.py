@@ -24,6 +24,7 @@ from .common import (
     parse_steps,
     preset_name,
     print_json,
+    recipe_dataset,
     warn,
     warn_unconverged,
 )
@@ -179,11 +180,14 @@ def explain(
         warn_unconverged(attr, "raise --max-subintervals or --tol")
     written: list[Path] = []
     if out is not None:
+        from ..data import segment_names_of
         from ..render.outputs import write_explanation  # matplotlib: only when files are written
 
+        names = segment_names_of(recipe_dataset(attrs[0].model_id)) if pair is not None else None
         for k, attr in enumerate(attrs):
             # one folder per target token with --per-token
-            written += write_explanation(attr, out / f"token-{k + 1:02d}" if per_token else out)
+            target_dir = out / f"token-{k + 1:02d}" if per_token else out
+            written += write_explanation(attr, target_dir, segment_names=names)
     if json_out:
         summaries = []
         for attr in attrs:

@@ -29,6 +29,7 @@ from .common import (
     integration_text,
     print_json,
     progress_bar,
+    recipe_dataset,
     warn_unconverged,
     warn_unconverged_examples,
     write_dataset_report,
@@ -115,8 +116,6 @@ SegmentNamesOpt = Annotated[
         "dataset's own names where known, as for SNLI, else 'text,pair text').",
     ),
 ]
-# the names of a built-in pair dataset's two texts (used in drawings and printed tables)
-DATASET_SEGMENT_NAMES = {"snli": ("premise", "hypothesis")}
 FoilOpt = Annotated[
     str | None,
     typer.Option("--foil", help="Causal LMs: contrast the target with this continuation (logit difference)."),
@@ -146,16 +145,9 @@ def _segment_names(option: str | None, dataset: str | None = None) -> list[str] 
         if len(names) != 2 or not all(names):
             raise InputError(f"--segment-names must be two names separated by a comma, got {option!r}")
         return names
-    known = DATASET_SEGMENT_NAMES.get(dataset or "")
-    return list(known) if known else None
+    from ..data import segment_names_of
 
-
-def _recipe_dataset(model_id: str | None) -> str | None:
-    """The dataset of a recipe model (None for model directories)."""
-    from ..models import RECIPES
-
-    recipe = RECIPES.get(model_id or "")
-    return recipe.dataset if recipe is not None else None
+    return segment_names_of(dataset)
 
 
 def _load_model(name: str, tokenizer: str | None = None):
@@ -274,7 +266,7 @@ def tree_show(
             label_names=loaded.label_names,
         )
         warn_unconverged(attr, "raise --tol")
-    names = names or _segment_names(None, _recipe_dataset(attr.model_id))
+    names = names or _segment_names(None, recipe_dataset(attr.model_id))
     tree = build_tree(attr, threshold, parent_choice=parent_choice, segment_names=names)
 
     written: list[Path] = []

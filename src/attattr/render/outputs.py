@@ -19,8 +19,9 @@ from .report import write_report
 TOP_HEADS = 3  # heads drawn as attention-vs-attribution figures
 
 
-def write_explanation(attr: Attribution, out: Path) -> list[Path]:
-    """Tensors + metadata, the importance grid, attention-vs-attribution for the top heads, the report."""
+def write_explanation(attr: Attribution, out: Path, *, segment_names: list[str] | None = None) -> list[Path]:
+    """Tensors + metadata, the importance grid, attention-vs-attribution for the top heads, the report
+    (a pair's two texts named `segment_names`, e.g. premise and hypothesis)."""
     out = Path(out)
     written = [attr.save(out), out / META_FILE]
     written += importance_grid(attr, out / "heads")
@@ -30,7 +31,7 @@ def write_explanation(attr: Attribution, out: Path) -> list[Path]:
         layer = attr.layers[pos]
         written += attention_vs_attribution(attr, layer, head, out / f"head_L{layer}_H{head}")
     # the report builds the tree itself and explains in the page when it cannot
-    written.append(write_report(out, attribution=attr))
+    written.append(write_report(out, attribution=attr, segment_names=segment_names))
     return written
 
 
