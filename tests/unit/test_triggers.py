@@ -535,6 +535,21 @@ def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     return exc.value.code or 0, out, " ".join(err.split())  # rich wraps long lines
 
 
+def test_cli_data_defaults_to_the_recipe_dataset(tok, model, tmp_path, monkeypatch, capsys):
+    # a model directory has no recipe dataset: one line asking for --data, not another dataset's labels
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    for command in (["mine", "--out", tmp_path / "p.jsonl"], ["attack", "--patterns", tmp_path / "p.jsonl"]):
+        (tmp_path / "p.jsonl").write_text("")
+        code, _, err = _cli(monkeypatch, capsys, "triggers", *command, "--model", model_dir)
+        assert code == 2 and "has no recipe dataset; give --data" in err and "Traceback" not in err
+    # a recipe reads its own dataset (SNLI pairs for minilm-snli, not Rotten Tomatoes sentences)
+    from attattr.cli.common import recipe_dataset
+
+    assert recipe_dataset("minilm-snli") == "snli" and recipe_dataset(str(model_dir)) is None
+
+
 def test_cli_mine_and_attack(tok, model, tmp_path, monkeypatch, capsys):
     model_dir = tmp_path / "model"
     model.save_pretrained(model_dir)

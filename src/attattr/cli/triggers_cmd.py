@@ -27,6 +27,7 @@ from .common import (
     check_out_dir,
     console,
     data_columns,
+    dataset_or_recipe_data,
     integration_options,
     integration_text,
     print_json,
@@ -58,7 +59,12 @@ triggers_app = typer.Typer(
 app.add_typer(triggers_app, name="triggers")
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Recipe name, local directory or hub id.")]
-DataOpt = Annotated[str, typer.Option("--data", "-d", help="Built-in dataset name or a CSV/TSV/JSONL file.")]
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data", "-d", help="Built-in dataset name or a CSV/TSV/JSONL file (default: the recipe's own)."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 PairOpt = Annotated[str | None, typer.Option("--pair-column", help="Second-text column (sentence pairs).")]
 TextOpt = Annotated[str, typer.Option("--text-column", help="Text column of a data file.")]
@@ -67,7 +73,7 @@ LabelOpt = Annotated[str, typer.Option("--label-column", help="Gold-label column
 
 def _load(
     model: str,
-    data: str,
+    data: str | None,
     split: str,
     columns: dict[str, str | None],
     quiet: bool,
@@ -84,8 +90,9 @@ def _load(
             f"triggers apply to classifiers: {loaded.model_id} is a causal language model, which has no "
             "classes for a trigger to flip (see docs/decoders.md)"
         )
+    data = dataset_or_recipe_data(loaded, data)
     dataset = data_mod.load_dataset(data, split, limit=first, **columns)
-    return loaded, dataset
+    return loaded, dataset, data
 
 
 def _column_settings(columns: dict[str, str | None]) -> dict[str, str]:
@@ -98,7 +105,7 @@ def _column_settings(columns: dict[str, str | None]) -> dict[str, str]:
 @triggers_app.command("mine")
 def mine(
     model: ModelOpt = "minilm-rt",
-    data: DataOpt = "rotten-tomatoes",
+    data: DataOpt = None,
     split: Annotated[str, typer.Option("--split", help="Split to mine (the paper: train).")] = "train",
     examples: Annotated[
         int, typer.Option("--examples", "-n", help="How many examples to mine (see --order).")
@@ -159,7 +166,7 @@ def mine(
     check_out_dir(out.parent, "the folder of --out")
     runs_dir = check_out_dir(out.parent / "runs", "the run folder")
     columns = data_columns(text_column, pair_column, label_column)
-    loaded, dataset = _load(
+    loaded, dataset, data = _load(
         model, data, split, columns, quiet=json_out, first=examples if order == "first" else None
     )
     with (
@@ -220,7 +227,7 @@ def mine(
 def attack_cmd(
     patterns: Annotated[Path, typer.Option("--patterns", "-p", help="Patterns file from `triggers mine`.")],
     model: ModelOpt = "minilm-rt",
-    data: DataOpt = "rotten-tomatoes",
+    data: DataOpt = None,
     split: Annotated[str, typer.Option("--split", help="Evaluation split.")] = "dev",
     top: Annotated[int, typer.Option("--top", help="Best patterns per predicted class.")] = 3,
     min_score: Annotated[float, typer.Option("--min-score", help="Minimum score sum of a pattern.")] = 0.02,
@@ -264,7 +271,7 @@ def attack_cmd(
     if not patterns.is_file():
         raise InputError(f"patterns file not found: {patterns}")
     columns = data_columns(text_column, pair_column, label_column)
-    loaded, dataset = _load(model, data, split, columns, quiet=json_out)
+    loaded, dataset, data = _load(model, data, split, columns, quiet=json_out)
     if limit is not None:  # a seeded sample, not the first N: built-in splits are ordered by label
         dataset = replace(dataset, examples=[dataset[i] for i in sample_indices(len(dataset), limit)])
     with warnings.catch_warnings(record=True) as caught:
