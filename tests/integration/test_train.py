@@ -98,7 +98,7 @@ def test_ctrl_c_during_training_leaves_nothing_built(tmp_path):
         time.sleep(15)
         assert proc.poll() is None
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
+        proc.wait(timeout=300)  # a loaded machine finishes the current step first
     finally:
         if proc.poll() is None:
             proc.kill()
