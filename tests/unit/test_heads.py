@@ -592,6 +592,24 @@ def test_cli_end_to_end(tiny_files, tmp_path, monkeypatch, capsys):
     assert (out / "prune.png").exists() and (out / "importance-attattr.png").exists()
     assert (out / "report.html").is_file()
 
+    # pruning by a saved importance file gives the curve of computing that method, without computing it
+    code, _, _ = _cli(
+        monkeypatch, capsys, "heads", "prune", "--model", model_a, *common, "--examples", 5,
+        "--methods", "taylor", "--out", tmp_path / "computed",
+    )  # fmt: skip
+    assert code == 0
+    code, _, _ = _cli(
+        monkeypatch, capsys, "heads", "prune", "--model", model_a, *common, "--examples", 5,
+        "--methods", "random", "--seeds", 1, "--importance", out / "importance-taylor.json",
+        "--out", tmp_path / "given",
+    )  # fmt: skip
+    assert code == 0
+    computed = json.loads((tmp_path / "computed" / "prune.json").read_text())
+    given = json.loads((tmp_path / "given" / "prune.json").read_text())
+    assert set(given["methods"]) == {"random", "taylor"} and given["settings"]["given_importance"] == {"taylor": 5}
+    assert given["methods"]["taylor"]["accuracy"] == computed["methods"]["taylor"]["accuracy"]
+    assert not list((tmp_path / "given" / "runs").glob("importance-taylor-*"))  # not computed again
+
     code, stdout, _ = _cli(
         monkeypatch, capsys, "heads", "correlate", "--models", model_a, model_b, "--data", f"{csv},{csv}",
         "--examples", 4, "--steps", 3, "--out", tmp_path / "corr", "--json",
@@ -611,6 +629,16 @@ def test_cli_end_to_end(tiny_files, tmp_path, monkeypatch, capsys):
 
 def test_cli_errors_are_one_line(tiny_files, tmp_path, monkeypatch, capsys):
     (model_a, _), csv = tiny_files
+    wrong = tmp_path / "wrong.json"
+    heads.Importance(torch.zeros(1, 3, dtype=torch.float64), "taylor").save(wrong)
+    prune = ["heads", "prune", "--model", model_a, "--data", csv, "--out", tmp_path / "pruned"]
+    code, _, err = _cli(monkeypatch, capsys, *prune, "--importance", wrong)
+    assert code == 2 and f"importance 'taylor' is for 1x3 heads, the model has {LAYERS}x{HEADS}" in err
+    assert err.count("\n") == 1 and not (tmp_path / "pruned").exists()
+    code, _, err = _cli(monkeypatch, capsys, *prune, "--importance", wrong, "--importance", wrong)
+    assert code == 2 and "two --importance files for the method 'taylor'" in err
+    code, _, err = _cli(monkeypatch, capsys, *prune, "--importance", tmp_path / "none.json")
+    assert code == 2 and "importance file not found" in err
     code, _, err = _cli(monkeypatch, capsys, "heads", "importance", "--model", model_a, "--data", csv,
                         "--method", "bogus", "--out", tmp_path)  # fmt: skip
     assert code == 2 and "unknown method 'bogus'" in err and "Traceback" not in err

@@ -449,6 +449,14 @@ def prune_cmd(
         str, typer.Option("--methods", help="Comma-separated methods.")
     ] = "attattr,taylor,accuracy-diff,attention,random",
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds of the random order (0..N-1).")] = 5,
+    importance_files: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--importance",
+            help="A saved importance JSON file (from `heads importance` or an earlier prune) to prune by, "
+            "as its method's curve; that method is not computed again (repeatable).",
+        ),
+    ] = None,
     out: OutOpt = Path("prune"),
     steps: StepsOpt = None,
     rule: RuleOpt = None,
@@ -494,6 +502,8 @@ def prune_cmd(
     check_pruning_options(chosen, seeds=seeds, batch_size=batch_size, eval_batch_size=eval_batch_size, **attr)
     check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
     check_out_dir(out)
+    given = _saved_importances(importance_files)
+    chosen += [label for label in given if label not in chosen]
     loaded = _load_model(model, json_out)
     data = dataset_or_recipe_data(loaded, data)
     columns = data_columns(text_column, pair_column, label_column)
@@ -520,11 +530,12 @@ def prune_cmd(
             **_metric(imp_data),
             executor=executor,
             model_source=model,
+            given=given,
             **attr,
         )
     files: list[str] = []
     for label, imp in importances.items():
-        if label.startswith("random-"):
+        if label.startswith("random-") or label in given:
             continue
         files.append(str(imp.save(out / f"importance-{label}.json")))
         files += [str(f) for f in plot_importance(imp, out / f"importance-{label}")]
@@ -550,6 +561,19 @@ def prune_cmd(
     if "attattr" in importances:
         console.print(f"attattr importance: {integration_text(attr)}")
     console.print(f"wrote {', '.join(files[:3])} and {len(files) - 3} more files in {out}")
+
+
+def _saved_importances(paths: list[Path] | None) -> dict[str, Any]:
+    """Saved importance files (`Importance`) by their method's name (one file per method)."""
+    from ..analyses.heads import Importance
+
+    given: dict[str, Any] = {}
+    for path in paths or []:
+        imp = Importance.load(path)
+        if imp.method in given:
+            raise InputError(f"two --importance files for the method {imp.method!r}; give one per method")
+        given[imp.method] = imp
+    return given
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -77,11 +77,7 @@ def pruning_curves(
             raise InputError(f"pruning fractions must lie in [0, 1], got {f}")
     counts = [int(round(f * total)) for f in fractions]
     for label, imp in importances.items():
-        if (imp.num_layers, imp.num_heads) != (num_layers, num_heads):
-            raise InputError(
-                f"importance {label!r} is for {imp.num_layers}x{imp.num_heads} heads, "
-                f"the model has {num_layers}x{num_heads}"
-            )
+        _check_shape(label, imp, num_layers, num_heads)
     job = Job(
         KIND,
         {
@@ -168,6 +164,14 @@ def pruning_curves(
     }
 
 
+def _check_shape(label: str, imp: Importance, num_layers: int, num_heads: int) -> None:
+    if (imp.num_layers, imp.num_heads) != (num_layers, num_heads):
+        raise InputError(
+            f"importance {label!r} is for {imp.num_layers}x{imp.num_heads} heads, "
+            f"the model has {num_layers}x{num_heads}"
+        )
+
+
 def _mean_area(methods: dict[str, dict[str, Any]], key: str, x: np.ndarray, span: float) -> dict[str, float]:
     """Per method, the mean of `key` over the pruned fractions (area under the curve / span)."""
     return {m: float(np.trapezoid(v[key], x) / span) for m, v in methods.items()}
@@ -213,9 +217,12 @@ def prune_experiment(
     executor: Executor | None = None,
     model_source: str | None = None,
     metric: str | None = None,
+    given: Mapping[str, Importance] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Importance]]:
     """The whole Fig. 3 experiment: every method's importance over `importance_examples`
     (random: `seeds` seeds, labelled "random-<seed>"), then the pruning curves on `eval_examples`.
+    given: importances already computed (label -> Importance, e.g. saved files); a method of
+    `methods` with a given importance of the same label is not computed again.
 
     context: what identifies the model and data (model_id, data); importance_context / eval_context:
     what identifies each set (split, sample). executor, model_source: where the importance shards
@@ -242,7 +249,14 @@ def prune_experiment(
     importance_examples = list(importance_examples)
     started = time.perf_counter()
     importances: dict[str, Importance] = {}
+    given = dict(given or {})
+    given_labels = set(given)
+    for label, imp in given.items():  # before any work
+        _check_shape(label, imp, model_num_layers(model), model_num_heads(model))
     for method in methods:
+        if method in given:  # saved before (an expensive method run once, on fewer examples)
+            importances[method] = given.pop(method)
+            continue
         needs_examples = get_method(method).needs_examples
         for seed in range(seeds) if not needs_examples else [0]:
             t0 = time.perf_counter()
@@ -271,6 +285,7 @@ def prune_experiment(
                 )
             imp.settings["seconds"] = round(time.perf_counter() - t0, 2)
             importances[method if needs_examples else f"random-{seed}"] = imp
+    importances.update(given)
     importance_seconds = time.perf_counter() - started
     with progress("evaluating pruned models", len(importances) * len(fractions)) as advance:
         result = pruning_curves(
@@ -286,12 +301,18 @@ def prune_experiment(
             on_evaluation=advance,
             metric=metric,
         )
-    imp_count = next((len(i.example_ids) for i in importances.values() if i.example_ids), 0)
+    computed = [i for label, i in importances.items() if label not in given_labels]
+    imp_count = next((len(i.example_ids) for i in computed if i.example_ids), 0)
     result["settings"] = {
         **context,
         **(eval_context or {}),
         **{f"importance_{k}": v for k, v in (importance_context or {}).items()},
         "importance_examples": imp_count,
+        **(
+            {"given_importance": {label: len(importances[label].example_ids) for label in sorted(given_labels)}}
+            if given_labels
+            else {}
+        ),
         "seeds": seeds,
         "batch_size": batch_size,
         **integration_info(integration),
