@@ -606,7 +606,9 @@ def test_cli_end_to_end(tiny_files, tmp_path, monkeypatch, capsys):
     assert code == 0
     computed = json.loads((tmp_path / "computed" / "prune.json").read_text())
     given = json.loads((tmp_path / "given" / "prune.json").read_text())
-    assert set(given["methods"]) == {"random", "taylor"} and given["settings"]["given_importance"] == {"taylor": 5}
+    assert set(given["methods"]) == {"random", "taylor"} and given["settings"]["given_importance"] == {
+        "taylor": 5
+    }
     assert given["methods"]["taylor"]["accuracy"] == computed["methods"]["taylor"]["accuracy"]
     assert not list((tmp_path / "given" / "runs").glob("importance-taylor-*"))  # not computed again
 

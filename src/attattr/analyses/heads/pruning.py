@@ -309,7 +309,11 @@ def prune_experiment(
         **{f"importance_{k}": v for k, v in (importance_context or {}).items()},
         "importance_examples": imp_count,
         **(
-            {"given_importance": {label: len(importances[label].example_ids) for label in sorted(given_labels)}}
+            {
+                "given_importance": {
+                    label: len(importances[label].example_ids) for label in sorted(given_labels)
+                }
+            }
             if given_labels
             else {}
         ),
