@@ -502,8 +502,7 @@ def prune_cmd(
     check_pruning_options(chosen, seeds=seeds, batch_size=batch_size, eval_batch_size=eval_batch_size, **attr)
     check_ray_options(ray, workers, cpus_per_worker, gpus_per_worker, ship_model)
     check_out_dir(out)
-    given = _saved_importances(importance_files)
-    chosen += [label for label in given if label not in chosen]
+    given = _saved_importances(importance_files)  # each becomes a curve beside --methods
     loaded = _load_model(model, json_out)
     data = dataset_or_recipe_data(loaded, data)
     columns = data_columns(text_column, pair_column, label_column)

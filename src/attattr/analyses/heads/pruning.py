@@ -250,12 +250,11 @@ def prune_experiment(
     started = time.perf_counter()
     importances: dict[str, Importance] = {}
     given = dict(given or {})
-    given_labels = set(given)
     for label, imp in given.items():  # before any work
         _check_shape(label, imp, model_num_layers(model), model_num_heads(model))
     for method in methods:
         if method in given:  # saved before (an expensive method run once, on fewer examples)
-            importances[method] = given.pop(method)
+            importances[method] = given[method]
             continue
         needs_examples = get_method(method).needs_examples
         for seed in range(seeds) if not needs_examples else [0]:
@@ -285,7 +284,7 @@ def prune_experiment(
                 )
             imp.settings["seconds"] = round(time.perf_counter() - t0, 2)
             importances[method if needs_examples else f"random-{seed}"] = imp
-    importances.update(given)
+    importances.update(given)  # the given ones not among `methods` go last
     importance_seconds = time.perf_counter() - started
     with progress("evaluating pruned models", len(importances) * len(fractions)) as advance:
         result = pruning_curves(
@@ -301,22 +300,15 @@ def prune_experiment(
             on_evaluation=advance,
             metric=metric,
         )
-    computed = [i for label, i in importances.items() if label not in given_labels]
+    computed = [i for label, i in importances.items() if label not in given]
     imp_count = next((len(i.example_ids) for i in computed if i.example_ids), 0)
+    given_counts = {label: len(imp.example_ids) for label, imp in sorted(given.items())}
     result["settings"] = {
         **context,
         **(eval_context or {}),
         **{f"importance_{k}": v for k, v in (importance_context or {}).items()},
         "importance_examples": imp_count,
-        **(
-            {
-                "given_importance": {
-                    label: len(importances[label].example_ids) for label in sorted(given_labels)
-                }
-            }
-            if given_labels
-            else {}
-        ),
+        **({"given_importance": given_counts} if given_counts else {}),
         "seeds": seeds,
         "batch_size": batch_size,
         **integration_info(integration),
